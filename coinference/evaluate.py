@@ -1,0 +1,24 @@
+"""Top-1 accuracy of a classifier on a data set's test (or train) split."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from coinference.data import ImageData
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Predicted class indices (int64, shape (N,)) for uint8 images (N, C, H, W); the model runs in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = [model(data.normalize(x_uint8[i : i + batch_size])).argmax(1) for i in range(0, len(x_uint8), batch_size)]
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+
+
+def accuracy(model: nn.Module, data: ImageData, split: str = "test", batch_size: int = 500) -> float:
+    """Top-1 accuracy in [0, 1] on ``split`` ("test" or "train")."""
+    x, y = (data.test_x, data.test_y) if split == "test" else (data.train_x, data.train_y)
+    return float((predict(model, data, x, batch_size) == y).float().mean())

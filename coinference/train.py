@@ -1,0 +1,207 @@
+"""A small, reusable supervised training loop (used by base-model preparation, pruning and codec phases).
+
+Phases customise it through ``loss_fn`` (e.g. distillation) and :class:`StepHooks` (e.g. pruning masks),
+not by copying it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coinference.data import ImageData
+from coinference.errors import ConfigError, TrainingError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train one phase."""
+
+    optimizer: str = "sgd"
+    """"sgd" (with momentum, Nesterov off) or "adam"."""
+    lr: float = 0.01
+    """Peak learning rate."""
+    momentum: float = 0.9
+    """SGD momentum (ignored by Adam)."""
+    weight_decay: float = 5e-4
+    """L2 weight decay."""
+    epochs: float = 1.0
+    """Passes over the (subset of the) training set; fractional values allowed. Ignored when ``steps`` is set."""
+    steps: int | None = None
+    """Exact number of optimizer steps (overrides ``epochs``)."""
+    batch_size: int = 128
+    """Images per step."""
+    subset: int | None = None
+    """Use only this many training images (a fixed random subset); None uses all."""
+    schedule: str = "cosine"
+    """Learning-rate schedule: "cosine" (to 0), "onecycle" or "constant"."""
+    augment: str = "auto"
+    """"none", "crop", "crop-flip", or "auto" (crop-flip for cifar10, crop otherwise)."""
+    seed: int = 0
+    """Seed of the subset, shuffling, augmentation and dropout."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ConfigError(f"optimizer {self.optimizer!r} unknown; valid: adam, sgd")
+        if self.schedule not in ("cosine", "onecycle", "constant"):
+            raise ConfigError(f"schedule {self.schedule!r} unknown; valid: constant, cosine, onecycle")
+        if self.augment not in ("auto", "none", "crop", "crop-flip"):
+            raise ConfigError(f"augment {self.augment!r} unknown; valid: auto, crop, crop-flip, none")
+        if not self.lr > 0 or self.batch_size < 1 or (self.steps is not None and self.steps < 1):
+            raise ConfigError(f"bad training budget: lr={self.lr}, batch_size={self.batch_size}, steps={self.steps}")
+        if self.steps is None and not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+
+    def total_steps(self, n_train: int) -> int:
+        """Optimizer steps this config runs on a training set of ``n_train`` images."""
+        if self.steps is not None:
+            return self.steps
+        n = min(n_train, self.subset) if self.subset else n_train
+        return max(1, math.ceil(self.epochs * n / self.batch_size))
+
+
+@dataclass
+class StepHooks:
+    """Callbacks around each optimizer step (``step`` counts from 0)."""
+
+    before_step: Callable[[int], None] | None = None
+    """Called before the forward pass of a step."""
+    after_backward: Callable[[int], None] | None = None
+    """Called after ``loss.backward()``, before ``optimizer.step()`` (e.g. to zero masked gradients)."""
+    after_step: Callable[[int], None] | None = None
+    """Called after ``optimizer.step()``."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a phase did: steps run, mean loss of the last 10% of steps, wall-clock seconds."""
+
+    steps: int
+    final_loss: float
+    seconds: float
+    losses: tuple[float, ...] = field(repr=False, default=())
+
+
+def augment_batch(x: torch.Tensor, mode: str, gen: torch.Generator) -> torch.Tensor:
+    """Random crop (zero padding H//8, at least 1) and optional horizontal flip of an NCHW batch."""
+    if mode == "none":
+        return x
+    n, _, h, w = x.shape
+    pad = max(1, h // 8)
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).tolist()
+    out = torch.stack([padded[i, :, a : a + h, b : b + w] for i, (a, b) in enumerate(zip(dy, dx, strict=True))])
+    if mode == "crop-flip":
+        flip = torch.rand(n, generator=gen) < 0.5
+        out[flip] = out[flip].flip(3)
+    return out
+
+
+def resolve_augment(mode: str, data: ImageData) -> str:
+    """The concrete augmentation for ``data``: "auto" flips only natural images, and leaves the synthetic
+    set (fixed pixel patterns, which crops would destroy) alone."""
+    if mode != "auto":
+        return mode
+    return {"cifar10": "crop-flip", "synthetic": "none"}.get(data.name, "crop")
+
+
+def training_batches(
+    data: ImageData, cfg: TrainConfig, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled epochs of (normalised float images, labels) from the training split."""
+    n = len(data.train_x)
+    pool = torch.randperm(n, generator=gen)[: cfg.subset] if cfg.subset and cfg.subset < n else torch.arange(n)
+    mode = resolve_augment(cfg.augment, data)
+    bs = min(cfg.batch_size, len(pool))
+    while True:
+        order = pool[torch.randperm(len(pool), generator=gen)]
+        for i in range(0, len(order) - bs + 1, bs):
+            idx = order[i : i + bs]
+            yield data.normalize(augment_batch(data.train_x[idx], mode, gen)), data.train_y[idx]
+
+
+def make_optimizer(
+    params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """(optimizer, lr scheduler) for ``cfg`` over ``total_steps`` steps."""
+    trainable = [p for p in params if p.requires_grad]
+    if not trainable:
+        raise ConfigError("nothing to train: no parameter requires grad")
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.schedule == "cosine":
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
+    elif cfg.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps, pct_start=0.15)
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    return opt, sched
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit(
+    model: nn.Module,
+    data: ImageData,
+    cfg: TrainConfig,
+    *,
+    params: Iterable[nn.Parameter] | None = None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    hooks: StepHooks | None = None,
+    train_mode: Callable[[], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` for ``cfg``'s budget on ``data``'s training split.
+
+    Args:
+        model: the module whose parameters are trained (put in train mode unless ``train_mode`` is given).
+        data: training data.
+        cfg: budget, optimizer and schedule.
+        params: parameters to optimise (default: all of ``model``'s that require grad).
+        forward: maps a normalised batch to logits (default: ``model``); lets a phase train a composite.
+        loss_fn: ``loss_fn(logits, labels, inputs)`` (default: cross-entropy).
+        hooks: callbacks around each step.
+        train_mode: sets train/eval modes instead of ``model.train()`` (e.g. to keep frozen BN in eval).
+
+    Raises:
+        TrainingError: the loss became NaN or infinite.
+    """
+    gen = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    total = cfg.total_steps(len(data.train_x))
+    opt, sched = make_optimizer(model.parameters() if params is None else params, cfg, total)
+    hooks = hooks or StepHooks()
+    fwd = forward or model
+    (train_mode or model.train)()
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    for step, (x, y) in zip(range(total), training_batches(data, cfg, gen), strict=False):
+        if hooks.before_step:
+            hooks.before_step(step)
+        logits = fwd(x)
+        loss = loss_fn(logits, y, x) if loss_fn else F.cross_entropy(logits, y)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"loss became {loss.item()} at step {step} of {total}")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if hooks.after_backward:
+            hooks.after_backward(step)
+        opt.step()
+        sched.step()
+        if hooks.after_step:
+            hooks.after_step(step)
+        losses.append(loss.item())
+    tail = losses[-max(1, len(losses) // 10) :]
+    return TrainResult(len(losses), sum(tail) / len(tail), time.perf_counter() - t0, tuple(losses))

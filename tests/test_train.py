@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coinference.errors import ConfigError, TrainingError
+from coinference.evaluate import accuracy
+from coinference.train import StepHooks, TrainConfig, augment_batch, fit
+from coinference.zoo import build_model
+
+
+def test_fit_learns_synthetic(synthetic) -> None:
+    torch.manual_seed(0)
+    m = build_model("tiny-cnn")
+    before = accuracy(m, synthetic)
+    res = fit(m, synthetic, TrainConfig(lr=0.05, epochs=4, batch_size=32))
+    assert res.steps == 4 * 256 // 32
+    assert accuracy(m, synthetic) > max(0.8, before)
+
+
+def test_hooks_called_in_order(synthetic) -> None:
+    calls: list[str] = []
+    hooks = StepHooks(lambda s: calls.append(f"b{s}"), lambda s: calls.append(f"g{s}"), lambda s: calls.append(f"a{s}"))
+    fit(build_model("tiny-cnn"), synthetic, TrainConfig(steps=2, batch_size=8), hooks=hooks)
+    assert calls == ["b0", "g0", "a0", "b1", "g1", "a1"]
+
+
+def test_nan_loss_is_typed_error(synthetic) -> None:
+    with pytest.raises(TrainingError, match="loss became nan at step 0"):
+        fit(
+            build_model("tiny-cnn"),
+            synthetic,
+            TrainConfig(steps=3, batch_size=8),
+            loss_fn=lambda logits, y, x: logits.sum() * float("nan"),
+        )
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ConfigError, match="optimizer 'rmsprop' unknown"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match="epochs must be > 0"):
+        TrainConfig(epochs=0)
+    assert TrainConfig(epochs=0.5, batch_size=10, subset=100).total_steps(1000) == 5
+
+
+def test_augment_crop_keeps_shape_and_content() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8)
+    y = augment_batch(x, "crop-flip", g)
+    assert y.shape == x.shape
+    assert torch.equal(augment_batch(x, "none", g), x)
