@@ -1,0 +1,50 @@
+"""Fidelity presets: the same variant spec trained at smoke (tests), fast (CPU searches) or full (GPU) budgets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from coinference.registry import Registry
+from coinference.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Training budgets of the two phases of building a variant, and of evaluation."""
+
+    name: str
+    prune: TrainConfig
+    """Pruning phase (device part fine-tuned under incremental masks)."""
+    codec: TrainConfig
+    """Codec phase (encoder/decoder trained, backbone frozen)."""
+    test_limit: int | None
+    """Evaluate on the first N test images only (None: the whole test set)."""
+    bits_limit: int | None
+    """Count bytes at batch 1 on the first N test images (None: all evaluated images)."""
+
+
+FIDELITIES: Registry[Fidelity] = Registry("fidelity")
+for _f in (
+    Fidelity(
+        "smoke",
+        TrainConfig(steps=4, batch_size=16, lr=0.01),
+        TrainConfig(steps=6, batch_size=16, lr=0.01, optimizer="adam", weight_decay=0.0),
+        test_limit=64,
+        bits_limit=16,
+    ),
+    Fidelity(
+        "fast",
+        TrainConfig(epochs=1, subset=6000, batch_size=128, lr=0.01, schedule="cosine"),
+        TrainConfig(epochs=3, subset=10000, batch_size=128, lr=2e-3, optimizer="adam", weight_decay=0.0),
+        test_limit=2000,
+        bits_limit=500,
+    ),
+    Fidelity(
+        "full",
+        TrainConfig(epochs=30, batch_size=128, lr=0.01, schedule="cosine"),
+        TrainConfig(epochs=30, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0),
+        test_limit=None,
+        bits_limit=None,
+    ),
+):
+    FIDELITIES.register(_f.name)(_f)

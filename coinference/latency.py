@@ -1,0 +1,174 @@
+"""Latency model: end-to-end time of a variant from its measurement, a device, a server and a link.
+
+latency = device compute + transmission (+ RTT) + server compute, where compute = MACs / (MAC/s) and
+transmission = (payload + header bits) / link rate (or channel uses / symbol rate for analog JSCC). A variant is
+feasible on a device when its parameters + peak activations fit the device memory. Latency is never stored:
+it is computed at query time, so one lookup table serves every bandwidth.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+
+from coinference.errors import ConfigError
+from coinference.registry import Registry
+from coinference.variant import Measurement
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """An edge device: sustained MAC/s for conv inference and memory available to the model."""
+
+    name: str
+    macs_per_s: float
+    """Sustained multiply-accumulates per second (FLOP/s / 2)."""
+    memory_bytes: int
+    """Memory for parameters + activations, bytes."""
+    source: str = ""
+    """Where the numbers come from."""
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """An edge server: sustained MAC/s."""
+
+    name: str
+    macs_per_s: float
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class Link:
+    """The device→server link."""
+
+    bandwidth_bytes_per_s: float
+    """Payload rate in bytes per second."""
+    rtt_s: float = 0.0
+    """Round-trip time added once per inference, seconds."""
+    symbols_per_s: float | None = None
+    """Real channel uses per second, for analog (AWGN) JSCC variants."""
+
+    def __post_init__(self) -> None:
+        if not self.bandwidth_bytes_per_s > 0 or not math.isfinite(self.bandwidth_bytes_per_s):
+            raise ConfigError(f"bandwidth must be > 0 bytes/s, got {self.bandwidth_bytes_per_s}")
+        if not self.rtt_s >= 0:
+            raise ConfigError(f"RTT must be ≥ 0 s, got {self.rtt_s}")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """End-to-end latency breakdown, seconds."""
+
+    device_s: float
+    transmit_s: float
+    rtt_s: float
+    server_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.device_s + self.transmit_s + self.rtt_s + self.server_s
+
+
+def end_to_end(m: Measurement, device: DeviceProfile, server: ServerProfile, link: Link) -> Latency:
+    """Latency of a measured variant on (device, server, link).
+
+    Raises:
+        ConfigError: an analog JSCC variant on a link with no symbol rate.
+    """
+    if m.channel_uses is not None:
+        if link.symbols_per_s is None:
+            raise ConfigError("an analog JSCC variant needs a link symbol rate (symbols_per_s)")
+        transmit = m.channel_uses / link.symbols_per_s
+    else:
+        transmit = (m.bits_mean + m.header_bits) / 8 / link.bandwidth_bytes_per_s
+    return Latency(m.device_macs / device.macs_per_s, transmit, link.rtt_s, m.server_macs / server.macs_per_s)
+
+
+def feasible(m: Measurement, device: DeviceProfile) -> bool:
+    """True when the device part's parameters + peak activations fit in the device's memory."""
+    return m.device_memory_bytes <= device.memory_bytes
+
+
+# ------------------------------------------------------------------------------------------- profiles
+DEVICES: Registry[DeviceProfile] = Registry("device profile")
+SERVERS: Registry[ServerProfile] = Registry("server profile")
+
+for _d in (
+    DeviceProfile("rpi3", 12e9, 1 << 30, "Raspberry Pi 3 as in Shao & Zhang 2020: 24 GFLOP/s (= 12 GMAC/s), 1 GB RAM"),
+    DeviceProfile(
+        "mcu",
+        120e6,
+        1 << 20,
+        "STM32H743-class MCU: Cortex-M7 at 480 MHz with 1 MB SRAM (ST datasheet DS12110); "
+        "0.25 fp32 MAC/cycle sustained for conv layers is our assumption (FPU peak is 1 FMA/cycle)",
+    ),
+):
+    DEVICES.register(_d.name)(_d)
+SERVERS.register("rtx2080ti")(
+    ServerProfile("rtx2080ti", 13.45e12 / 2, "NVIDIA RTX 2080 Ti: 13.45 TFLOP/s fp32 peak, as in the paper")
+)
+
+
+def calibrate_local(seconds: float = 1.0) -> DeviceProfile:
+    """Measure this machine's sustained conv MAC/s (a ResNet-20-like 3×3 conv stack, batch 16) and its memory."""
+    import torch
+    from torch import nn
+
+    net = nn.Sequential(*[nn.Conv2d(32, 32, 3, padding=1, bias=False) for _ in range(4)]).eval()
+    x = torch.randn(16, 32, 16, 16)
+    macs_per_call = 4 * 16 * 32 * 32 * 9 * 16 * 16
+    with torch.no_grad():
+        net(x)
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            net(x)
+            n += 1
+        dt = time.perf_counter() - t0
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return DeviceProfile("local", n * macs_per_call / dt, int(mem), f"measured on this machine ({os.cpu_count()} CPUs)")
+
+
+def device_profile(name: str) -> DeviceProfile:
+    """A built-in device profile, or ``local`` calibrated now by timing."""
+    return calibrate_local() if name == "local" else DEVICES.get(name)
+
+
+def device_names() -> list[str]:
+    """Built-in device profile names, including ``local``."""
+    return sorted([*DEVICES.names(), "local"])
+
+
+# ------------------------------------------------------------------------------------------- parsing
+_UNITS = {
+    "b/s": 1, "byte/s": 1, "bytes/s": 1, "bps": 1 / 8, "bit/s": 1 / 8,
+    "kb/s": 1e3, "mb/s": 1e6, "gb/s": 1e9, "kib/s": 1024, "mib/s": 1024**2, "gib/s": 1024**3,
+    "kbit/s": 1e3 / 8, "mbit/s": 1e6 / 8, "gbit/s": 1e9 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
+}  # fmt: skip
+_BW = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z/]*)\s*$", re.IGNORECASE)
+
+
+def parse_bandwidth(text: str | float) -> float:
+    """Parse a bandwidth into bytes per second.
+
+    Accepts a bare number (bytes/s) or a number with a unit: B/s, KB/s, MB/s, GB/s (decimal), KiB/s, MiB/s,
+    GiB/s, bit/s, kbit/s, Mbit/s, Gbit/s, bps, kbps, Mbps, Gbps (case-insensitive for the prefix; "Kb/s"
+    means kilobytes). Examples: "40KB/s" → 40,000; "5 Mbit/s" → 625,000.
+
+    Raises:
+        ConfigError: unparseable text, unknown unit, or a rate ≤ 0.
+    """
+    if isinstance(text, int | float):
+        value = float(text)
+    else:
+        m = _BW.match(text)
+        unit = m.group(2).lower() if m else ""
+        if not m or (unit and unit not in _UNITS):
+            raise ConfigError(f"cannot parse bandwidth {text!r} (try e.g. 40KB/s, 5 Mbit/s, 125000)")
+        value = float(m.group(1)) * (_UNITS[unit] if unit else 1.0)
+    if not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"bandwidth must be > 0, got {text!r}")
+    return value

@@ -1,0 +1,204 @@
+"""The records every layer exchanges: what to build (:class:`VariantSpec`) and what was measured
+(:class:`Measurement`). Both are frozen, plain-valued and round-trip through JSON; a spec's hash is the cache key
+and the lookup table's natural key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from coinference.errors import ConfigError
+
+CODEC_KINDS = ("none", "huffman", "sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp")
+FIDELITIES = ("smoke", "fast", "full")
+SCHEDULES = ("cubic", "step")
+SPEC_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    """How the split feature is coded for the link."""
+
+    kind: str = "sq"
+    """One of none, huffman, sq (scalar quantizer + entropy code), vq, jscc-awgn, jscc-bsc, bottlenetpp."""
+    channels: int | None = None
+    """Channels after the encoder's conv layer (None: no conv reduction)."""
+    dim: int | None = None
+    """Dimension after the encoder's FC layer (None: no FC reduction)."""
+    bits: int = 2
+    """Quantizer bits per symbol (L = 2**bits levels); for bottlenetpp the quantizer bits (8)."""
+    snr_db: float | None = None
+    """AWGN SNR in dB per real symbol (jscc-awgn, bottlenetpp); None = train over the default range."""
+    flip_p: float | None = None
+    """BSC crossover probability (jscc-bsc)."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in CODEC_KINDS:
+            raise ConfigError(f"codec kind {self.kind!r} unknown; valid: {', '.join(CODEC_KINDS)}")
+        for name in ("channels", "dim"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"codec {name} must be ≥ 1, got {v}")
+        if self.bits < 1:
+            raise ConfigError(f"codec bits must be ≥ 1, got {self.bits}")
+        if self.flip_p is not None and not 0 <= self.flip_p < 0.5:
+            raise ConfigError(f"BSC flip probability must be in [0, 0.5), got {self.flip_p}")
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One co-inference variant: base model, split, pruning, feature coding, budget, seed."""
+
+    model: str
+    """Zoo model name."""
+    dataset: str
+    """Data set name."""
+    split: str
+    """Split point name (the last unit on the device, e.g. "layer2.2")."""
+    weights_sha256: str | None = None
+    """sha256 of the base model's checkpoint (None: trained from scratch by the base phase)."""
+    sparsity: float = 0.0
+    """Target channel sparsity of the device part's conv layers, in [0, 1)."""
+    schedule: str = "cubic"
+    """Sparsity schedule: "cubic" (Zhu & Gupta) or "step"."""
+    activation_sparsity: float = 0.0
+    """Fraction of the split feature's channels pruned before transmission, in [0, 1)."""
+    codec: CodecSpec = field(default_factory=CodecSpec)
+    """Feature coding."""
+    fidelity: str = "fast"
+    """Training budget preset: smoke, fast or full."""
+    seed: int = 0
+    """Seed of every random choice in building the variant."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sparsity < 1:
+            raise ConfigError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if not 0 <= self.activation_sparsity < 1:
+            raise ConfigError(f"activation sparsity must be in [0, 1), got {self.activation_sparsity}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule {self.schedule!r} unknown; valid: {', '.join(SCHEDULES)}")
+        if self.fidelity not in FIDELITIES:
+            raise ConfigError(f"fidelity {self.fidelity!r} unknown; valid: {', '.join(FIDELITIES)}")
+        if isinstance(self.codec, dict):  # tolerate a decoded dict
+            object.__setattr__(self, "codec", CodecSpec(**self.codec))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (nested codec dict), with the spec format version."""
+        return {"version": SPEC_VERSION, **asdict(self)}
+
+    def to_json(self) -> str:
+        """Canonical JSON: sorted keys, no spaces, so equal specs give equal strings."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> VariantSpec:
+        """Inverse of :meth:`to_dict`; unknown keys or a newer version are errors."""
+        d = dict(d)
+        version = d.pop("version", SPEC_VERSION)
+        if version > SPEC_VERSION:
+            raise ConfigError(f"variant spec version {version} is newer than this coinference ({SPEC_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown variant spec fields: {', '.join(sorted(unknown))}")
+        codec = d.pop("codec", {})
+        return cls(codec=CodecSpec(**codec) if isinstance(codec, dict) else codec, **d)
+
+    @classmethod
+    def from_json(cls, s: str) -> VariantSpec:
+        """Inverse of :meth:`to_json`."""
+        try:
+            d = json.loads(s)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"variant spec is not valid JSON: {e}") from None
+        return cls.from_dict(d)
+
+    @property
+    def key(self) -> str:
+        """Stable hash (sha256 hex of the canonical JSON): the cache key, identical across processes."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    def with_(self, **changes: Any) -> VariantSpec:
+        """A copy with some fields changed (``codec`` may be given as a dict of codec fields to change)."""
+        if isinstance(changes.get("codec"), dict):
+            changes["codec"] = replace(self.codec, **changes["codec"])
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a built variant measured. MACs per image; bits per image at batch size 1; bytes; seconds."""
+
+    accuracy: float
+    """Top-1 accuracy on the test set, in [0, 1]."""
+    device_macs: int
+    """Device MACs per image, including the encoder."""
+    server_macs: int
+    """Server MACs per image, including the decoder."""
+    bits_mean: float
+    """Mean payload bits per image, from the encoded bytes (header excluded); channel uses for analog JSCC."""
+    bits_max: int
+    """Largest payload in bits over the test set."""
+    header_bits: int = 0
+    """Bits of the per-message header, counted apart from the payload."""
+    channel_uses: int | None = None
+    """Real channel uses per image for analog (AWGN) JSCC; None for digital payloads."""
+    encoder_macs: int = 0
+    """MACs of the encoder alone (part of device_macs)."""
+    decoder_macs: int = 0
+    """MACs of the decoder alone (part of server_macs)."""
+    device_param_bytes: int = 0
+    """Bytes of the device part's parameters (incl. encoder)."""
+    device_peak_activation_bytes: int = 0
+    """Peak live activation bytes on the device at batch 1."""
+    train_seconds: float = 0.0
+    """Wall-clock of building the variant (training and measuring)."""
+    versions: dict[str, str] = field(default_factory=dict)
+    """Library versions the variant was built with."""
+
+    @property
+    def device_memory_bytes(self) -> int:
+        """Parameters + peak activations: what the device must hold."""
+        return self.device_param_bytes + self.device_peak_activation_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def codec_for_ratio(feature_shape: tuple[int, ...], ratio: float, bits: int = 2, kind: str = "sq") -> CodecSpec:
+    """Codec settings that cut the raw float32 feature by about ``ratio`` before entropy coding.
+
+    The nominal payload is ``symbols × bits`` with ``symbols = ceil(raw_bits / (ratio × bits))``: a spatial
+    feature (C, H, W) keeps H×W and cuts channels with the conv to ceil(symbols / (H×W)); an FC layer then cuts
+    the flattened dimension to exactly ``symbols`` when that is not a whole number of channels. A vector
+    feature (D,) uses the FC layer only. Entropy coding then makes the real bits smaller still; the measured
+    bits are what counts.
+
+    Raises:
+        ConfigError: ratio < 1 or a payload larger than the raw feature.
+    """
+    if not ratio >= 1:
+        raise ConfigError(f"compression ratio must be ≥ 1, got {ratio}")
+    raw_bits = math.prod(feature_shape) * 32
+    symbols = max(1, math.ceil(raw_bits / (ratio * bits)))
+    numel = math.prod(feature_shape)
+    if symbols > numel:
+        raise ConfigError(
+            f"compression ratio {ratio} at {bits} bits keeps {symbols} symbols, more than the feature's {numel}"
+        )
+    if len(feature_shape) == 3:
+        c, h, w = feature_shape
+        if symbols >= h * w:
+            ch = min(c, math.ceil(symbols / (h * w)))
+            return CodecSpec(kind=kind, channels=ch, dim=None if ch * h * w == symbols else symbols, bits=bits)
+        return CodecSpec(kind=kind, channels=1, dim=symbols, bits=bits)
+    return CodecSpec(kind=kind, channels=None, dim=symbols, bits=bits)

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from coinference.errors import ConfigError
+from coinference.variant import CodecSpec, Measurement, VariantSpec, codec_for_ratio
+
+SPEC = VariantSpec(
+    "resnet20",
+    "cifar10",
+    "layer2.2",
+    weights_sha256="ab" * 32,
+    sparsity=0.5,
+    codec=CodecSpec("sq", channels=8, dim=None, bits=2),
+    seed=3,
+)
+
+
+def test_json_round_trip_and_key() -> None:
+    again = VariantSpec.from_json(SPEC.to_json())
+    assert again == SPEC and again.key == SPEC.key
+    assert SPEC.with_(seed=4).key != SPEC.key
+    assert SPEC.with_(codec={"bits": 3}).codec == CodecSpec("sq", channels=8, bits=3)
+
+
+def test_key_stable_across_processes() -> None:
+    code = (
+        "from coinference.variant import *;"
+        "print(VariantSpec('resnet20','cifar10','layer2.2',weights_sha256='ab'*32,sparsity=0.5,"
+        "codec=CodecSpec('sq',channels=8,dim=None,bits=2),seed=3).key)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PYTHONHASHSEED": "123", "PATH": ""},
+    )
+    assert out.stdout.strip() == SPEC.key
+
+
+def test_spec_validation() -> None:
+    with pytest.raises(ConfigError, match="sparsity must be in \\[0, 1\\), got 1.0"):
+        SPEC.with_(sparsity=1.0)
+    with pytest.raises(ConfigError, match="codec kind 'zip' unknown"):
+        CodecSpec("zip")
+    with pytest.raises(ConfigError, match="codec bits must be ≥ 1, got 0"):
+        CodecSpec(bits=0)
+    with pytest.raises(ConfigError, match="unknown variant spec fields: colour"):
+        VariantSpec.from_dict({**SPEC.to_dict(), "colour": 1})
+    with pytest.raises(ConfigError, match="version 9 is newer"):
+        VariantSpec.from_dict({**SPEC.to_dict(), "version": 9})
+
+
+def test_measurement_round_trip() -> None:
+    m = Measurement(0.9, 100, 200, 512.0, 600, header_bits=32, versions={"torch": "2.13.0"})
+    assert Measurement.from_dict(m.to_dict()) == m
+    assert m.device_memory_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("shape", "ratio", "bits", "expect"),
+    [
+        ((64, 8, 8), 64, 2, CodecSpec(channels=16)),
+        ((64, 8, 8), 2048, 2, CodecSpec(channels=1, dim=32)),
+        ((64,), 32, 2, CodecSpec(dim=32)),
+        ((16, 4, 4), 20, 2, CodecSpec(channels=13, dim=205)),
+    ],
+)
+def test_codec_for_ratio(shape, ratio, bits, expect) -> None:
+    c = codec_for_ratio(shape, ratio, bits)
+    assert c == expect
+    nominal = (c.dim or (c.channels or shape[0]) * (shape[1] * shape[2] if len(shape) == 3 else 1)) * bits
+    raw = 32
+    for d in shape:
+        raw *= d
+    assert raw / nominal == pytest.approx(ratio, rel=0.02)
+
+
+def test_codec_for_ratio_errors() -> None:
+    with pytest.raises(ConfigError, match="ratio must be ≥ 1, got 0.5"):
+        codec_for_ratio((8, 4, 4), 0.5)
+    with pytest.raises(ConfigError, match="more than the feature's"):
+        codec_for_ratio((8, 4, 4), 2, bits=8)
