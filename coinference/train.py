@@ -162,6 +162,7 @@ def fit(
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     hooks: StepHooks | None = None,
     train_mode: Callable[[], None] | None = None,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> TrainResult:
     """Train ``model`` for ``cfg``'s budget on ``data``'s training split.
 
@@ -174,6 +175,8 @@ def fit(
         loss_fn: ``loss_fn(logits, labels, inputs)`` (default: cross-entropy).
         hooks: callbacks around each step.
         train_mode: sets train/eval modes instead of ``model.train()`` (e.g. to keep frozen BN in eval).
+        batches: (inputs, targets) pairs to train on instead of augmented images from ``data`` (e.g. cached
+            features of a frozen head); the budget is still counted on ``data``'s training split.
 
     Raises:
         TrainingError: the loss became NaN or infinite.
@@ -187,7 +190,8 @@ def fit(
     (train_mode or model.train)()
     losses: list[float] = []
     t0 = time.perf_counter()
-    for step, (x, y) in zip(range(total), training_batches(data, cfg, gen), strict=False):
+    source = batches if batches is not None else training_batches(data, cfg, gen)
+    for step, (x, y) in zip(range(total), source, strict=False):
         if hooks.before_step:
             hooks.before_step(step)
         logits = fwd(x)
