@@ -16,6 +16,7 @@ from coinference.errors import ConfigError
 CODEC_KINDS = ("none", "huffman", "sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp")
 FIDELITIES = ("smoke", "fast", "full")
 SCHEDULES = ("cubic", "step")
+PRUNING_METHODS = ("incremental", "two-step")
 SPEC_VERSION = 1
 
 
@@ -65,6 +66,8 @@ class VariantSpec:
     """Target channel sparsity of the device part's conv layers, in [0, 1)."""
     schedule: str = "cubic"
     """Sparsity schedule: "cubic" (Zhu & Gupta) or "step"."""
+    pruning: str = "incremental"
+    """Pruning method: "incremental" (ours, the paper's) or "two-step" (the Shi et al. 2019 baseline)."""
     activation_sparsity: float = 0.0
     """Fraction of the split feature's channels pruned before transmission, in [0, 1)."""
     codec: CodecSpec = field(default_factory=CodecSpec)
@@ -81,6 +84,8 @@ class VariantSpec:
             raise ConfigError(f"activation sparsity must be in [0, 1), got {self.activation_sparsity}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule {self.schedule!r} unknown; valid: {', '.join(SCHEDULES)}")
+        if self.pruning not in PRUNING_METHODS:
+            raise ConfigError(f"pruning method {self.pruning!r} unknown; valid: {', '.join(PRUNING_METHODS)}")
         if self.fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity {self.fidelity!r} unknown; valid: {', '.join(FIDELITIES)}")
         if isinstance(self.codec, dict):  # tolerate a decoded dict
