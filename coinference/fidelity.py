@@ -13,6 +13,8 @@ class Fidelity:
     """Training budgets of the two phases of building a variant, and of evaluation."""
 
     name: str
+    base: TrainConfig
+    """Base model trained from scratch when a spec has no pretrained weights (cached per model/data set/seed)."""
     prune: TrainConfig
     """Pruning phase (device part fine-tuned under incremental masks)."""
     codec: TrainConfig
@@ -27,6 +29,7 @@ FIDELITIES: Registry[Fidelity] = Registry("fidelity")
 for _f in (
     Fidelity(
         "smoke",
+        TrainConfig(steps=30, batch_size=32, lr=0.05, schedule="onecycle"),
         TrainConfig(steps=4, batch_size=16, lr=0.01),
         TrainConfig(steps=6, batch_size=16, lr=0.01, optimizer="adam", weight_decay=0.0),
         test_limit=64,
@@ -34,6 +37,7 @@ for _f in (
     ),
     Fidelity(
         "fast",
+        TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
         TrainConfig(epochs=1, subset=6000, batch_size=128, lr=0.01, schedule="cosine"),
         TrainConfig(epochs=3, subset=10000, batch_size=128, lr=2e-3, optimizer="adam", weight_decay=0.0),
         test_limit=2000,
@@ -41,6 +45,7 @@ for _f in (
     ),
     Fidelity(
         "full",
+        TrainConfig(epochs=100, batch_size=128, lr=0.1, schedule="onecycle"),
         TrainConfig(epochs=30, batch_size=128, lr=0.01, schedule="cosine"),
         TrainConfig(epochs=30, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0),
         test_limit=None,

@@ -135,18 +135,24 @@ def peak_activation_bytes(module: nn.Module, x: torch.Tensor) -> int:
     return peak[0]
 
 
-def png_bits(images: torch.Tensor, sample: int = 1000, seed: int = 0) -> float:
-    """Mean PNG size in bits (Pillow, ``optimize=True``) of up to ``sample`` images of a uint8 (N, C, H, W) set."""
+def png_sizes(images: torch.Tensor, sample: int | None = 1000, seed: int = 0) -> np.ndarray:
+    """PNG sizes in bits (Pillow, ``optimize=True``), one per image, of up to ``sample`` images of a uint8
+    (N, C, H, W) set drawn with ``seed`` (None: all, in order)."""
     n = images.shape[0]
-    idx = np.random.default_rng(seed).permutation(n)[: min(sample, n)]
-    sizes = []
-    for i in idx:
+    idx = np.arange(n) if sample is None else np.random.default_rng(seed).permutation(n)[: min(sample, n)]
+    sizes = np.empty(len(idx), dtype=np.int64)
+    for j, i in enumerate(idx):
         arr = images[int(i)].permute(1, 2, 0).contiguous().numpy()
         img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
         buf = io.BytesIO()
         img.save(buf, format="PNG", optimize=True)
-        sizes.append(len(buf.getvalue()) * 8)
-    return float(np.mean(sizes))
+        sizes[j] = len(buf.getvalue()) * 8
+    return sizes
+
+
+def png_bits(images: torch.Tensor, sample: int = 1000, seed: int = 0) -> float:
+    """Mean PNG size in bits of up to ``sample`` images (see :func:`png_sizes`)."""
+    return float(png_sizes(images, sample, seed).mean())
 
 
 def profile_model(
@@ -216,3 +222,27 @@ def profile_model(
         total_params,
         tuple(rows),
     )
+
+
+@dataclass(frozen=True)
+class ModuleCost:
+    """Per-image cost of running a module at batch 1."""
+
+    macs: int
+    params: int
+    param_bytes: int
+    peak_activation_bytes: int
+
+
+def module_cost(module: nn.Module, input_shape: tuple[int, ...]) -> ModuleCost:
+    """MACs, parameter count/bytes and peak activation bytes of ``module`` on one input of ``input_shape``."""
+    modes = {m: m.training for m in module.modules()}  # restored one by one: wrappers may be fresh modules
+    module.eval()
+    x = torch.zeros(1, *input_shape)
+    with torch.no_grad(), count_macs(module) as c:
+        module(x)
+    params = list(module.parameters())
+    peak = peak_activation_bytes(module, x)
+    for m, mode in modes.items():
+        m.training = mode
+    return ModuleCost(c[0], sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params), peak)

@@ -1,0 +1,66 @@
+"""Baselines that are not split variants: everything on the device, or the PNG image sent to the server.
+
+The split baselines (split-only + Huffman at every split, 2-Step Pruning + Huffman, BottleNet++) are ordinary
+:class:`~coinference.variant.VariantSpec` s (codec ``huffman`` / ``bottlenetpp``, pruning ``two-step``) built by
+:func:`coinference.build.build_and_measure`; :func:`baseline_specs` lists them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from coinference.data import ImageData
+from coinference.evaluate import accuracy
+from coinference.profile import module_cost, png_sizes
+from coinference.variant import CodecSpec, Measurement, VariantSpec
+from coinference.zoo import SplittableModel
+
+
+def _limit(data: ImageData, test_limit: int | None) -> ImageData:
+    if test_limit is None or test_limit >= len(data.test_x):
+        return data
+    return ImageData(
+        data.name, data.train_x, data.train_y, data.test_x[:test_limit], data.test_y[:test_limit],
+        data.mean, data.std, data.classes,
+    )  # fmt: skip
+
+
+def on_device_only(model: SplittableModel, data: ImageData, test_limit: int | None = None) -> Measurement:
+    """The whole model on the device; only the predicted class index (ceil(log2 classes) bits) is sent."""
+    d = _limit(data, test_limit)
+    cost = module_cost(model, d.input_shape)
+    bits = max(1, math.ceil(math.log2(d.num_classes)))
+    return Measurement(
+        accuracy(model, d), cost.macs, 0, float(bits), bits,
+        device_param_bytes=cost.param_bytes, device_peak_activation_bytes=cost.peak_activation_bytes,
+        versions={"torch": torch.__version__},
+    )  # fmt: skip
+
+
+def server_png(
+    model: SplittableModel, data: ImageData, test_limit: int | None = None, bits_limit: int | None = None
+) -> Measurement:
+    """The device sends the PNG-compressed image (lossless, so accuracy is the base model's); the server runs
+    the whole model. Bits are the PNG sizes at batch 1 (mean, max) over ``bits_limit`` test images."""
+    d = _limit(data, test_limit)
+    sizes = png_sizes(d.test_x[:bits_limit], sample=None)
+    cost = module_cost(model, d.input_shape)
+    return Measurement(
+        accuracy(model, d), 0, cost.macs, float(sizes.mean()), int(sizes.max()),
+        versions={"torch": torch.__version__},
+    )  # fmt: skip
+
+
+def baseline_specs(base: VariantSpec, split_names: list[str]) -> dict[str, list[VariantSpec]]:
+    """The paper's split baselines for a base spec: split-only + Huffman at every split, 2-Step Pruning +
+    Huffman at every split, and BottleNet++ at every split."""
+    plain = base.with_(sparsity=0.0, activation_sparsity=0.0, pruning="incremental")
+    return {
+        "split+huffman": [plain.with_(split=s, codec=CodecSpec("huffman", bits=8)) for s in split_names],
+        "2-step+huffman": [
+            plain.with_(split=s, pruning="two-step", codec=CodecSpec("huffman", bits=8)) for s in split_names
+        ],
+        "bottlenet++": [plain.with_(split=s, codec=CodecSpec("bottlenetpp", bits=8)) for s in split_names],
+    }

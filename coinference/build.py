@@ -1,0 +1,284 @@
+"""One spec → a trained, measured co-inference variant.
+
+``build_and_measure(spec)`` runs: base model (given weights, or trained from scratch and cached) → split and
+prune the device part (phase 1; cached per (model, weights, split, sparsity, schedule, method, activation
+sparsity, fidelity, seed) and so reused across codec settings) → train the codec on the frozen pruned head
+(phase 2) → evaluate accuracy and count bits from real bytes at batch 1. Measurements are cached on disk by
+spec hash: a repeated spec costs nothing.
+
+Cache layout under ``cache_dir`` (default ``runs/cache``)::
+
+    base/<model>-<dataset>-scratch-<fidelity>-s<seed>.pt    base models trained from scratch
+    pruned/<hash>.pt                                          phase-1 results (coinference.pruned/1 format)
+    measurements/<spec key>.json                              Measurement of a spec
+    variants/<spec key>/{spec.json,device.pt,codec.pt}        artifacts for export (when kept)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from coinference.base import load_base, prepare_base
+from coinference.codec import CodecConfig, TrainedCodec, evaluate_codec, train_codec
+from coinference.codec.base import build_codec
+from coinference.codec.state import coder_state, load_coder_state
+from coinference.data import ImageData
+from coinference.errors import CheckpointError, ConfigError
+from coinference.fidelity import FIDELITIES, Fidelity
+from coinference.profile import module_cost
+from coinference.prune import PruneConfig, PrunedDevice, TwoStepConfig, load_pruned, prune_device, save_pruned
+from coinference.prune.activation import Expand
+from coinference.variant import Measurement, VariantSpec
+from coinference.zoo import SplittableModel, file_sha256
+
+DEFAULT_CACHE = Path("runs/cache")
+
+
+@dataclass(eq=False)
+class BuiltVariant:
+    """A built variant's modules: device = head → codec encoder; server = codec decoder → expand → tail."""
+
+    spec: VariantSpec
+    pruned: PrunedDevice
+    codec: TrainedCodec
+    data: ImageData
+    measurement: Measurement
+
+    def server_tail(self) -> nn.Module:
+        """Decoded transmitted feature → logits."""
+        return nn.Sequential(Expand(self.pruned.kept_channels, self.pruned.feature_shape[0]), self.codec.tail).eval()
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+
+    import coinference
+
+    return {"coinference": coinference.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def codec_config(spec: VariantSpec) -> CodecConfig:
+    """The codec configuration of a spec (kind, sizes, bits, channel levels)."""
+    c = spec.codec
+    kw: dict[str, Any] = {"kind": c.kind, "channels": c.channels, "dim": c.dim, "bits": c.bits}
+    if c.kind == "huffman":
+        kw.update(channels=None, dim=None, bits=8)
+    if c.snr_db is not None:
+        kw["snr_db"] = c.snr_db
+    if c.flip_p is not None:
+        kw["p"] = c.flip_p
+    if c.kind == "bottlenetpp":
+        kw["channel"] = "awgn" if c.snr_db is not None else "none"
+    return CodecConfig(**kw)
+
+
+class Builder:
+    """Builds variants with shared caches (in memory and on disk).
+
+    Args:
+        weights: the base checkpoint the specs refer to (its sha256 must equal ``spec.weights_sha256``); None
+            trains the base from scratch per fidelity (specs then carry ``weights_sha256=None``).
+        data_dir: folder of a file-backed data set.
+        cache_dir: on-disk cache root.
+        keep_artifacts: also save each variant's device/codec checkpoints for export.
+    """
+
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        data_dir: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+        keep_artifacts: bool = True,
+    ) -> None:
+        self.weights = Path(weights) if weights is not None else None
+        self.weights_sha = file_sha256(self.weights) if self.weights is not None else None
+        self.data_dir = data_dir
+        self.cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
+        self.keep_artifacts = keep_artifacts
+        self._bases: dict[tuple[str, str, str, int], tuple[SplittableModel, ImageData]] = {}
+        self._pruned: dict[str, PrunedDevice] = {}
+
+    # ------------------------------------------------------------------------------------------ phases
+    def _check_weights(self, spec: VariantSpec) -> None:
+        if spec.weights_sha256 != self.weights_sha:
+            raise ConfigError(
+                f"spec wants base weights {spec.weights_sha256!r} but the builder has {self.weights_sha!r}"
+            )
+
+    def base(self, spec: VariantSpec) -> tuple[SplittableModel, ImageData]:
+        """The base model and its data for ``spec`` (cached)."""
+        self._check_weights(spec)
+        key = (spec.model, spec.dataset, spec.fidelity, spec.seed)
+        if key not in self._bases:
+            weights = self.weights
+            if weights is None:
+                fid = FIDELITIES.get(spec.fidelity)
+                weights = self.cache / "base" / f"{spec.model}-{spec.dataset}-scratch-{spec.fidelity}-s{spec.seed}.pt"
+                if not weights.is_file():
+                    prepare_base(
+                        spec.model, spec.dataset, replace(fid.base, seed=spec.seed), None, self.data_dir, weights
+                    )
+            self._bases[key] = load_base(spec.model, spec.dataset, weights, self.data_dir)
+        return self._bases[key]
+
+    def prune(self, spec: VariantSpec, fid: Fidelity) -> PrunedDevice:
+        """Phase 1 for ``spec`` (cached in memory and on disk)."""
+        model, data = self.base(spec)
+        key = _digest(
+            [spec.model, spec.dataset, spec.weights_sha256, spec.split, spec.sparsity, spec.schedule, spec.pruning,
+             spec.activation_sparsity, fid.prune, spec.seed]
+        )  # fmt: skip
+        if key in self._pruned:
+            return self._pruned[key]
+        path = self.cache / "pruned" / f"{key}.pt"
+        pruned = None
+        if path.is_file():
+            try:
+                pruned = load_pruned(path)
+            except CheckpointError:
+                pruned = None  # a damaged cache entry is rebuilt, never trusted
+        if pruned is None:
+            train = replace(fid.prune, seed=spec.seed)
+            if spec.pruning == "two-step":
+                cfg2 = TwoStepConfig(
+                    activation_sparsity=spec.activation_sparsity,
+                    round_train=replace(train, steps=max(1, train.total_steps(len(data.train_x)) // 20)),
+                    eval_images=min(1000, len(data.test_x)),
+                )
+                pruned = prune_two_step(model, spec.split, data, cfg2)
+            else:
+                nothing = spec.sparsity == 0 and spec.activation_sparsity == 0
+                cfg = PruneConfig(
+                    sparsity=spec.sparsity,
+                    activation_sparsity=spec.activation_sparsity,
+                    schedule=spec.schedule,
+                    train=None if nothing else train,
+                )
+                pruned = prune_device(model, spec.split, data, cfg)
+            tmp = path.with_suffix(".tmp")
+            save_pruned(pruned, tmp, spec.model)
+            tmp.replace(path)
+        self._pruned[key] = pruned
+        return pruned
+
+    def build(self, spec: VariantSpec) -> BuiltVariant:
+        """Build and measure ``spec`` (no measurement cache; see :meth:`measure`)."""
+        t0 = time.perf_counter()
+        fid = FIDELITIES.get(spec.fidelity)
+        _, data = self.base(spec)
+        pruned = self.prune(spec, fid)
+        server_in = nn.Sequential(Expand(pruned.kept_channels, pruned.feature_shape[0]), pruned.tail)
+        codec = train_codec(pruned.head, server_in, data, codec_config(spec), replace(fid.codec, seed=spec.seed))
+        test = data if fid.test_limit is None else replace(
+            data, test_x=data.test_x[: fid.test_limit], test_y=data.test_y[: fid.test_limit]
+        )  # fmt: skip
+        ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)
+        head_cost = module_cost(nn.Sequential(pruned.head, codec.encoder), pruned.input_shape)
+        tail_macs = module_cost(pruned.tail, pruned.feature_shape).macs
+        uses = ev.channel_uses if codec.codec.kind == "jscc-awgn" else None
+        bits_mean = float(ev.bits_mean) if ev.bits_mean is not None else float(ev.channel_uses or 0)
+        bits_max = int(ev.bits_max) if ev.bits_max is not None else int(ev.channel_uses or 0)
+        m = Measurement(
+            accuracy=ev.accuracy,
+            device_macs=head_cost.macs,
+            server_macs=tail_macs + ev.decoder_macs,
+            bits_mean=bits_mean,
+            bits_max=bits_max,
+            header_bits=0 if uses is not None else ev.header_bits,
+            channel_uses=uses,
+            encoder_macs=ev.encoder_macs,
+            decoder_macs=ev.decoder_macs,
+            device_param_bytes=head_cost.param_bytes,
+            device_peak_activation_bytes=head_cost.peak_activation_bytes,
+            train_seconds=time.perf_counter() - t0,
+            versions=_versions(),
+        )
+        return BuiltVariant(spec, pruned, codec, data, m)
+
+    def measure(self, spec: VariantSpec) -> Measurement:
+        """The Measurement of ``spec``: from the disk cache when present, else built (and cached)."""
+        self._check_weights(spec)
+        path = self.cache / "measurements" / f"{spec.key}.json"
+        if path.is_file():
+            return Measurement.from_dict(json.loads(path.read_text()))
+        built = self.build(spec)
+        if self.keep_artifacts:
+            save_variant(built, self.cache / "variants" / spec.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(built.measurement.to_dict(), indent=1))
+        tmp.replace(path)
+        return built.measurement
+
+
+def prune_two_step(model: SplittableModel, split: str, data: ImageData, cfg: TwoStepConfig) -> PrunedDevice:
+    """The 2-Step Pruning baseline (imported lazily: only baseline specs need it)."""
+    from coinference.prune import two_step_prune
+
+    return two_step_prune(model, split, data, cfg)
+
+
+def build_and_measure(
+    spec: VariantSpec,
+    *,
+    weights: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> Measurement:
+    """Build, train and measure one variant (cached by spec hash under ``cache_dir``).
+
+    Raises:
+        ConfigError: the spec does not fit the model/data (e.g. a split point that does not exist, codec sizes
+            larger than the feature) or names other base weights than ``weights``.
+        TrainingError: a phase diverged (a search records it as a failed variant).
+    """
+    return Builder(weights, data_dir, cache_dir).measure(spec)
+
+
+# ------------------------------------------------------------------------------------------ artifacts
+def save_variant(built: BuiltVariant, folder: str | Path) -> dict[str, Path]:
+    """Write a built variant's artifacts: ``spec.json``, ``device.pt`` (pruned model, coinference.pruned/1) and
+    ``codec.pt`` (codec config, feature shape and state dict). Returns name → path."""
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "spec.json").write_text(built.spec.to_json())
+    device = save_pruned(built.pruned, out / "device.pt", built.spec.model)
+    c = built.codec
+    torch.save(
+        {
+            "format": "coinference.codec/1",
+            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in c.config.__dict__.items()},
+            "feature_shape": list(c.feature_shape),
+            "nonneg": bool(c.codec.nonneg),
+            "state_dict": c.codec.state_dict(),
+            "coder": coder_state(c.codec),
+            "tail_state_dict": c.tail.state_dict(),
+        },
+        out / "codec.pt",
+    )
+    return {"spec": out / "spec.json", "device": device, "codec": out / "codec.pt"}
+
+
+def load_codec(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    """(codec module with its trained state, tail state dict) from a ``codec.pt`` written by save_variant."""
+    blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(blob, dict) or blob.get("format") != "coinference.codec/1":
+        raise CheckpointError(f"{path} is not a codec checkpoint (coinference.codec/1)")
+    cfg = blob["config"]
+    cfg = CodecConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()})
+    codec = build_codec(cfg, tuple(blob["feature_shape"]), bool(blob["nonneg"]))
+    codec.load_state_dict(blob["state_dict"])
+    load_coder_state(codec, blob.get("coder", {}))
+    return codec.eval(), blob["tail_state_dict"]

@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import coinference.build as build
+from coinference.build import Builder, build_and_measure, load_codec
+from coinference.errors import ConfigError, TrainingError
+from coinference.fidelity import FIDELITIES
+from coinference.prune import load_pruned
+from coinference.variant import CodecSpec, Measurement, VariantSpec
+
+SPEC = VariantSpec(
+    "tiny-cnn", "synthetic", "block1", sparsity=0.5, codec=CodecSpec("sq", channels=2, bits=2), fidelity="smoke"
+)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def test_build_measures_and_caches(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    m = build_and_measure(SPEC, cache_dir=cache)
+    assert 0 <= m.accuracy <= 1
+    assert m.device_macs > m.encoder_macs > 0 and m.server_macs > m.decoder_macs > 0
+    assert m.bits_mean > 0 and m.bits_max >= m.bits_mean and m.header_bits > 0
+    assert m.device_param_bytes > 0 and m.device_peak_activation_bytes > 0
+    stored = json.loads((cache / "measurements" / f"{SPEC.key}.json").read_text())
+    assert Measurement.from_dict(stored) == m
+
+    def boom(*a, **k):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr(build, "train_codec", boom)
+    monkeypatch.setattr(build, "prune_device", boom)
+    assert build_and_measure(SPEC, cache_dir=cache) == m
+
+
+def test_pruned_backbone_reused_across_codecs(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = build.prune_device
+    monkeypatch.setattr(build, "prune_device", lambda *a, **k: calls.append("p") or real(*a, **k))
+    b = Builder(cache_dir=cache / "fresh")
+    for bits in (1, 2, 3):
+        b.measure(SPEC.with_(codec={"bits": bits}))
+    assert calls == ["p"]
+    # a new process (new Builder) reuses the pruned backbone from disk
+    Builder(cache_dir=cache / "fresh").measure(SPEC.with_(codec={"bits": 4}))
+    assert calls == ["p"]
+
+
+def test_artifacts_reload_bit_exact(cache: Path) -> None:
+    b = Builder(cache_dir=cache)
+    built = b.build(SPEC)
+    paths = build.save_variant(built, cache / "artifact")
+    pruned = load_pruned(paths["device"])
+    codec, _ = load_codec(paths["codec"])
+    x = built.data.normalize(built.data.test_x[:1])
+    with torch.no_grad():
+        f1 = built.pruned.head(x)
+        f2 = pruned.head(x)
+    torch.testing.assert_close(f1, f2)
+    assert codec.compress(f2) == built.codec.compress(f1)
+
+
+def test_failing_variant_raises_typed_error(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke = FIDELITIES.get("smoke")
+    exploding = replace(smoke, prune=replace(smoke.prune, lr=1e30, steps=8))
+    monkeypatch.setattr(build.FIDELITIES, "get", lambda name: exploding)
+    with pytest.raises(TrainingError, match="loss became"):
+        Builder(cache_dir=cache / "nan").measure(SPEC.with_(seed=7))
+    assert not list((cache / "nan").glob("measurements/*.json"))
+
+
+def test_bad_specs(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="split point 'layer9' does not exist"):
+        build_and_measure(SPEC.with_(split="layer9"), cache_dir=cache)
+    w = tmp_path / "w.pt"
+    w.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="spec wants base weights None"):
+        build_and_measure(SPEC, weights=w, cache_dir=cache)
