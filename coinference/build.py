@@ -276,9 +276,8 @@ def load_codec(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
     blob = torch.load(Path(path), map_location="cpu", weights_only=True)
     if not isinstance(blob, dict) or blob.get("format") != "coinference.codec/1":
         raise CheckpointError(f"{path} is not a codec checkpoint (coinference.codec/1)")
-    cfg = blob["config"]
-    cfg = CodecConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()})
-    codec = build_codec(cfg, tuple(blob["feature_shape"]), bool(blob["nonneg"]))
+    fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in blob["config"].items()}
+    codec = build_codec(CodecConfig(**fields), tuple(blob["feature_shape"]), bool(blob["nonneg"]))
     codec.load_state_dict(blob["state_dict"])
     load_coder_state(codec, blob.get("coder", {}))
     return codec.eval(), blob["tail_state_dict"]
