@@ -24,6 +24,7 @@ def _root() -> None:
 
 # Command modules register themselves on `app` when imported.
 from search.cli import base, profile  # noqa: E402,F401
+from search.cli import prune  # noqa: E402,F401
 
 
 def main() -> None:
