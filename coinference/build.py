@@ -93,6 +93,8 @@ class Builder:
         data_dir: folder of a file-backed data set.
         cache_dir: on-disk cache root.
         keep_artifacts: also save each variant's device/codec checkpoints for export.
+        fidelities: fidelity presets by name, overriding the built-in ones (e.g. a longer schedule for a
+            comparison; give it its own ``cache_dir``, since measurements are cached by spec hash).
     """
 
     def __init__(
@@ -101,16 +103,22 @@ class Builder:
         data_dir: str | Path | None = None,
         cache_dir: str | Path | None = None,
         keep_artifacts: bool = True,
+        fidelities: dict[str, Fidelity] | None = None,
     ) -> None:
         self.weights = Path(weights) if weights is not None else None
         self.weights_sha = file_sha256(self.weights) if self.weights is not None else None
         self.data_dir = data_dir
         self.cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
         self.keep_artifacts = keep_artifacts
+        self.fidelities = fidelities or {}
         self._bases: dict[tuple[str, str, str, int], tuple[SplittableModel, ImageData]] = {}
         self._pruned: dict[str, PrunedDevice] = {}
 
     # ------------------------------------------------------------------------------------------ phases
+    def fidelity(self, spec: VariantSpec) -> Fidelity:
+        """The training budgets of ``spec``'s fidelity (an override, else the built-in preset)."""
+        return self.fidelities.get(spec.fidelity) or FIDELITIES.get(spec.fidelity)
+
     def _check_weights(self, spec: VariantSpec) -> None:
         if spec.weights_sha256 != self.weights_sha:
             raise ConfigError(
@@ -124,7 +132,7 @@ class Builder:
         if key not in self._bases:
             weights = self.weights
             if weights is None:
-                fid = FIDELITIES.get(spec.fidelity)
+                fid = self.fidelity(spec)
                 weights = self.cache / "base" / f"{spec.model}-{spec.dataset}-scratch-{spec.fidelity}-s{spec.seed}.pt"
                 if not weights.is_file():
                     prepare_base(
@@ -176,7 +184,7 @@ class Builder:
     def build(self, spec: VariantSpec) -> BuiltVariant:
         """Build and measure ``spec`` (no measurement cache; see :meth:`measure`)."""
         t0 = time.perf_counter()
-        fid = FIDELITIES.get(spec.fidelity)
+        fid = self.fidelity(spec)
         _, data = self.base(spec)
         pruned = self.prune(spec, fid)
         server_in = nn.Sequential(Expand(pruned.kept_channels, pruned.feature_shape[0]), pruned.tail)

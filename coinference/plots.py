@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -36,6 +37,65 @@ def plot_profile(p: ModelProfile, path: str | Path) -> Path:
     h2, l2 = ax2.get_legend_handles_labels()
     ax2.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper right")
     ax.set_title(f"{p.model}: computation vs communication per split point")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+_METHOD_STYLE = {
+    "ours": ("#d62728", "o"),
+    "split+huffman": ("#1f77b4", "s"),
+    "2-step+huffman": ("#2ca02c", "^"),
+    "bottlenet++": ("#9467bd", "D"),
+    "on-device": ("#7f7f7f", "x"),
+    "server-png": ("#ff7f0e", "P"),
+}
+
+
+def plot_macs_vs_bits(rows: dict[str, list[dict]], path: str | Path, subtitle: str = "") -> Path:
+    """The paper's Fig. 3: device MACs vs bits per image, one marker style per method (rows: method → dicts with
+    ``device_macs`` and ``bits_mean``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method, rs in rows.items():
+        if not rs:
+            continue
+        color, marker = _METHOD_STYLE.get(method, ("black", "."))
+        ax.scatter(
+            [max(r["bits_mean"], 1) for r in rs], [r["device_macs"] / 1e6 for r in rs],
+            label=method, color=color, marker=marker, s=36,
+        )  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel("bits per image (from encoded bytes)")
+    ax.set_ylabel("device computation (M MACs)")
+    ax.set_title(f"device computation vs communication ({subtitle})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_vs_bandwidth(
+    bandwidths: Sequence[float], latency: dict[str, list[float]], path: str | Path, subtitle: str = ""
+) -> Path:
+    """The paper's Fig. 4: end-to-end latency (s) vs bandwidth (bytes/s), best variant of each method per rate."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method, ys in latency.items():
+        color, marker = _METHOD_STYLE.get(method, ("black", "."))
+        ax.plot(bandwidths, ys, label=method, color=color, marker=marker, markersize=3)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("bandwidth (bytes/s)")
+    ax.set_ylabel("end-to-end latency (s)")
+    ax.set_title(f"latency vs bandwidth ({subtitle})", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,179 @@
+"""Variants end to end on CIFAR-10 + ResNet-20: fast-preset timing, a Measurement table of our variants and every
+baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and Fig. 4 (latency vs bandwidth).
+
+Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
+    .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
+        --weights runs/base/resnet20-cifar10.pt [--parts timing,table] [--out runs/bench/variants]
+
+Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from coinference.base import recorded_accuracy
+from coinference.baselines import baseline_specs, on_device_only, server_png
+from coinference.build import Builder
+from coinference.fidelity import FIDELITIES, Fidelity
+from coinference.latency import DEVICES, SERVERS, Link, end_to_end, feasible
+from coinference.plots import plot_latency_vs_bandwidth, plot_macs_vs_bits
+from coinference.profile import profile_model
+from coinference.train import TrainConfig
+from coinference.variant import CodecSpec, Measurement, VariantSpec, codec_for_ratio
+from coinference.zoo import file_sha256
+
+OURS = [  # (split, sparsity, compression ratio at 2 bits)
+    ("stem", 0.5, 256),
+    ("layer1.2", 0.25, 256),
+    ("layer1.2", 0.5, 256),
+    ("layer1.2", 0.5, 1024),
+    ("layer2.2", 0.5, 256),
+    ("layer2.2", 0.5, 1024),
+    ("layer3.2", 0.5, 8),
+    ("layer3.2", 0.5, 32),
+]
+
+
+def scaled(f: Fidelity, k: float) -> Fidelity:
+    """The same preset with k× the training steps in both phases."""
+
+    def s(cfg: TrainConfig) -> TrainConfig:
+        return replace(cfg, epochs=cfg.epochs * k) if cfg.steps is None else replace(cfg, steps=int(cfg.steps * k))
+
+    return replace(f, name=f.name, prune=s(f.prune), codec=s(f.codec))
+
+
+def timing(args: argparse.Namespace, spec: VariantSpec) -> dict:
+    """One fast variant, and the same spec with a 5× longer schedule, built side by side (fresh caches)."""
+    out = {}
+    for label, fid, cache in (
+        ("fast", FIDELITIES.get("fast"), args.cache / "timing-1x"),
+        ("fast×5", scaled(FIDELITIES.get("fast"), 5), args.cache / "timing-5x"),
+    ):
+        b = Builder(args.weights, args.data_dir, cache, keep_artifacts=False, fidelities={"fast": fid})
+        b.base(spec)  # base model loading is not part of a variant's cost
+        t0 = time.perf_counter()
+        built = b.build(spec)
+        wall = time.perf_counter() - t0
+        out[label] = {"seconds": wall, "accuracy": built.measurement.accuracy, "bits_mean": built.measurement.bits_mean}
+        print(
+            f"{label:>7}: {wall:6.1f} s  accuracy {100 * built.measurement.accuracy:.2f}%  "
+            f"bits {built.measurement.bits_mean:,.0f}"
+        )
+    diff = 100 * (out["fast×5"]["accuracy"] - out["fast"]["accuracy"])
+    print(f"accuracy gap (5× − 1×): {diff:+.2f} points")
+    return out
+
+
+def table(args: argparse.Namespace, base_spec: VariantSpec, threshold: float) -> dict[str, list[dict]]:
+    b = Builder(args.weights, args.data_dir, args.cache)
+    model, data = b.base(base_spec)
+    prof = profile_model(model, data.input_shape, base_spec.model)
+    shapes = {s.name: s.feature_shape for s in prof.splits}
+    stage_splits = [s.name for s in prof.splits if s.stage_end]
+    fid = FIDELITIES.get(base_spec.fidelity)
+    rows: dict[str, list[dict]] = {}
+
+    def add(method: str, spec: VariantSpec | None, m: Measurement, label: str) -> None:
+        rows.setdefault(method, []).append({"label": label, "spec": spec.to_dict() if spec else None, **m.to_dict()})
+        ok = "✓" if m.accuracy >= threshold else " "
+        print(
+            f"{method:>15} {label:>26} acc {100 * m.accuracy:6.2f}% {ok} device {m.device_macs / 1e6:7.2f} M "
+            f"bits {m.bits_mean:>10,.0f} (max {m.bits_max:,}) enc {m.encoder_macs:>8,} mem {m.device_memory_bytes:>9,} "
+            f"{m.train_seconds:6.1f} s",
+            flush=True,
+        )
+
+    add("on-device", None, on_device_only(model, data, fid.test_limit), "all on device")
+    add("server-png", None, server_png(model, data, fid.test_limit, fid.bits_limit), "PNG to server")
+    for method, specs in baseline_specs(base_spec, stage_splits).items():
+        for spec in specs:
+            try:
+                add(method, spec, b.measure(spec), f"{spec.split}")
+            except Exception as e:  # a failed baseline is reported, not fatal
+                print(f"{method:>15} {spec.split:>26} FAILED: {e}")
+    for split, sparsity, ratio in OURS:
+        spec = base_spec.with_(split=split, sparsity=sparsity, codec=codec_for_ratio(shapes[split], ratio, 2))
+        add("ours", spec, b.measure(spec), f"{split} s={sparsity} r={ratio}")
+    return rows
+
+
+def figures(rows: dict[str, list[dict]], threshold: float, out: Path) -> dict:
+    """Fig. 3 (MACs vs bits) and Fig. 4 (latency vs bandwidth) from the table."""
+    ok = {k: [r for r in v if r["accuracy"] >= threshold] for k, v in rows.items()}
+    plot_macs_vs_bits(ok, out / "fig3-macs-vs-bits.png", f"accuracy ≥ {100 * threshold:.2f}%")
+    bws = np.logspace(3, 7, 41)
+    server = SERVERS.get("rtx2080ti")
+    lat: dict[str, dict[str, list[float]]] = {}
+    for dev_name in ("rpi3", "mcu"):
+        dev = DEVICES.get(dev_name)
+        lat[dev_name] = {}
+        for method, rs in ok.items():
+            best = []
+            for bw in bws:
+                cands = [
+                    end_to_end(Measurement.from_dict(r), dev, server, Link(float(bw))).total_s
+                    for r in rs
+                    if feasible(Measurement.from_dict(r), dev)
+                ]
+                best.append(min(cands) if cands else math.nan)
+            lat[dev_name][method] = best
+        plot_latency_vs_bandwidth(bws, lat[dev_name], out / f"fig4-latency-{dev_name}.png", f"{dev_name} + rtx2080ti")
+    # does our front dominate every feasible baseline point?
+    ours = [(r["device_macs"], r["bits_mean"]) for r in ok.get("ours", [])]
+    undominated = [
+        (k, r["label"]) for k, v in ok.items() if k != "ours" for r in v
+        if not any(m <= r["device_macs"] and b <= r["bits_mean"] for m, b in ours)
+    ]  # fmt: skip
+    return {"bandwidths": bws.tolist(), "latency": lat, "baseline_points_not_dominated": undominated}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", type=Path, required=True)
+    ap.add_argument("--weights", type=Path, default=Path("runs/base/resnet20-cifar10.pt"))
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--margin", type=float, default=0.02, help="threshold = base accuracy − margin")
+    ap.add_argument("--parts", default="timing,table")
+    ap.add_argument("--cache", type=Path, default=Path("runs/cache-bench"))
+    ap.add_argument("--out", type=Path, default=Path("runs/bench/variants"))
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    base_acc = recorded_accuracy(args.weights)
+    threshold = base_acc - args.margin
+    print(f"base {args.model}: {100 * base_acc:.2f}% → threshold {100 * threshold:.2f}%")
+    base_spec = VariantSpec(
+        args.model,
+        "cifar10",
+        "layer1.2",
+        weights_sha256=file_sha256(args.weights),
+        codec=CodecSpec("sq"),
+        fidelity="fast",
+    )
+    result: dict = {"base_accuracy": base_acc, "threshold": threshold}
+    parts = args.parts.split(",")
+    if "timing" in parts:
+        spec = base_spec.with_(sparsity=0.5, codec=codec_for_ratio((16, 32, 32), 256, 2))
+        result["timing"] = timing(args, spec)
+    if "table" in parts:
+        rows = table(args, base_spec, threshold)
+        result["rows"] = rows
+        result.update(figures(rows, threshold, args.out))
+        print("baseline points not dominated by our front:", result["baseline_points_not_dominated"] or "none")
+    (args.out / "variants.json").write_text(json.dumps(result, indent=1, default=str))
+    print(f"wrote {args.out}/variants.json and figures")
+
+
+if __name__ == "__main__":
+    main()
