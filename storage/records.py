@@ -1,0 +1,68 @@
+"""Frozen public records of the lookup table: what :class:`storage.LookupTable` returns (never ORM rows)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from coinference.variant import Measurement, VariantSpec
+
+RUNNING, OK, FAILED = "running", "ok", "failed"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 hex digest of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ArtifactRecord:
+    """A file that belongs to a variant (checkpoint, TorchScript part, export manifest, ...)."""
+
+    name: str
+    """Role of the file, e.g. ``device``, ``server``, ``codec`` (see docs/ARCHITECTURE.md, "Lookup table")."""
+    path: Path
+    """Absolute path at the time it was recorded."""
+    sha256: str
+    """sha256 hex digest of the file's bytes when recorded."""
+    size_bytes: int
+    """File size in bytes when recorded."""
+    created_at: datetime
+    """When it was recorded (UTC)."""
+
+    def check(self) -> str | None:
+        """None when the file is still there with the recorded digest, else what is wrong (one line)."""
+        if not self.path.is_file():
+            return f"artifact {self.name!r}: no file at {self.path}"
+        if sha256_file(self.path) != self.sha256:
+            return f"artifact {self.name!r}: {self.path} changed since it was recorded (sha256 mismatch)"
+        return None
+
+
+@dataclass(frozen=True)
+class VariantRecord:
+    """One row of the lookup table: a variant's spec, its status and, when ``ok``, its measurement."""
+
+    key: str
+    """The spec's stable hash (:attr:`VariantSpec.key`), the table's natural key."""
+    spec: VariantSpec
+    status: str
+    """``running``, ``ok`` or ``failed``."""
+    error: str | None
+    """Why it failed (status ``failed``), else None."""
+    measurement: Measurement | None
+    """What was measured (status ``ok``), else None."""
+    run: str
+    """Name of the run (study) that last wrote the variant."""
+    created_at: datetime
+    """First time the variant was recorded (UTC)."""
+    updated_at: datetime
+    """Last change (UTC)."""
+    artifacts: dict[str, ArtifactRecord] = field(default_factory=dict)
+    """Files of the variant by name."""
