@@ -1,0 +1,171 @@
+"""Which variant for this link? Latency is computed at query time from stored measurements with
+:func:`coinference.latency.end_to_end`; memory feasibility with :func:`coinference.latency.feasible`.
+
+Semantics of :func:`query`: among variants with status ``ok``, drop those below the accuracy floor, those whose
+device memory (parameters + peak activations) exceeds the device's, and analog-JSCC variants when the link has no
+symbol rate; rank the rest by end-to-end latency (ties: higher accuracy, then fewer bits, then key). Every measured
+variant is a candidate, not only the Pareto front: latency also depends on server MACs, which the front ignores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from coinference.latency import DeviceProfile, Latency, Link, ServerProfile, end_to_end, feasible
+from storage.errors import EmptyTableError, NoFeasibleVariantError
+from storage.pareto import measured
+from storage.records import VariantRecord
+
+BANDWIDTH_MIN = 1e3
+"""Lowest rate of the precomputed table: 1 KB/s (bytes per second)."""
+BANDWIDTH_MAX = 1e8
+"""Highest rate of the precomputed table: 100 MB/s."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A feasible variant and its predicted latency on the queried link."""
+
+    record: VariantRecord
+    latency: Latency
+
+    @property
+    def total_s(self) -> float:
+        return self.latency.total_s
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The best feasible variant for a link, the runners-up (best first) and how many were considered."""
+
+    best: Candidate
+    runners_up: tuple[Candidate, ...]
+    feasible: int
+    """Variants that passed every constraint."""
+    measured: int
+    """Variants with status ok."""
+
+
+def _fmt_bytes(n: float) -> str:
+    return f"{n:,.0f} bytes"
+
+
+def candidates(
+    records: Sequence[VariantRecord],
+    link: Link,
+    device: DeviceProfile,
+    server: ServerProfile,
+    accuracy_floor: float | None = None,
+) -> list[Candidate]:
+    """Every feasible measured variant with its latency, best first.
+
+    Raises:
+        EmptyTableError: no variant has status ``ok``.
+        NoFeasibleVariantError: none passes the constraints; the message says how many each one removed.
+    """
+    ok = measured(records)
+    if not ok:
+        raise EmptyTableError("the lookup table has no measured (status ok) variant to choose from")
+    below, too_big, analog, out = [], [], 0, []
+    for r in ok:
+        m = r.measurement
+        assert m is not None
+        if accuracy_floor is not None and m.accuracy < accuracy_floor:
+            below.append(m.accuracy)
+        elif not feasible(m, device):
+            too_big.append(m.device_memory_bytes)
+        elif m.channel_uses is not None and link.symbols_per_s is None:
+            analog += 1
+        else:
+            out.append(Candidate(r, end_to_end(m, device, server, link)))
+    if not out:
+        why = []
+        if below:
+            why.append(f"{len(below)} below the accuracy floor {accuracy_floor:.4f} (best {max(below):.4f})")
+        if too_big:
+            why.append(
+                f"{len(too_big)} need more memory than {device.name}'s {_fmt_bytes(device.memory_bytes)} "
+                f"(least {_fmt_bytes(min(too_big))})"
+            )
+        if analog:
+            why.append(f"{analog} analog-JSCC variants need a link symbol rate")
+        raise NoFeasibleVariantError(f"no feasible variant among {len(ok)} measured: " + "; ".join(why))
+    out.sort(key=_rank)
+    return out
+
+
+def _rank(c: Candidate) -> tuple[float, float, float, str]:
+    m = c.record.measurement
+    assert m is not None
+    return (c.total_s, -m.accuracy, m.bits_mean + m.header_bits, c.record.key)
+
+
+def query(
+    records: Sequence[VariantRecord],
+    link: Link,
+    device: DeviceProfile,
+    server: ServerProfile,
+    accuracy_floor: float | None = None,
+    runners_up: int = 3,
+) -> QueryResult:
+    """The feasible variant with the least end-to-end latency on ``link``, and up to ``runners_up`` next best.
+
+    Raises:
+        EmptyTableError, NoFeasibleVariantError: see :func:`candidates`.
+    """
+    cands = candidates(records, link, device, server, accuracy_floor)
+    return QueryResult(cands[0], tuple(cands[1 : 1 + max(0, runners_up)]), len(cands), len(measured(records)))
+
+
+@dataclass(frozen=True)
+class BandwidthChoice:
+    """One row of the precomputed table: at ``bandwidth_bytes_per_s``, deploy ``key``."""
+
+    bandwidth_bytes_per_s: float
+    key: str
+    total_s: float
+    """Predicted end-to-end latency there, seconds."""
+    accuracy: float
+    bits: float
+    """Bits per image (payload + header)."""
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {
+            "bandwidth_bytes_per_s": self.bandwidth_bytes_per_s,
+            "key": self.key,
+            "total_s": self.total_s,
+            "accuracy": self.accuracy,
+            "bits": self.bits,
+        }
+
+
+def log_bandwidths(lo: float = BANDWIDTH_MIN, hi: float = BANDWIDTH_MAX, per_decade: int = 4) -> list[float]:
+    """Log-spaced rates from ``lo`` to ``hi`` bytes/s inclusive, ``per_decade`` steps per factor of 10."""
+    if not 0 < lo <= hi or per_decade < 1:
+        raise ValueError(f"need 0 < lo ≤ hi and per_decade ≥ 1, got {lo}, {hi}, {per_decade}")
+    n = max(1, round(math.log10(hi / lo) * per_decade)) + 1
+    return [float(x) for x in np.geomspace(lo, hi, n)]
+
+
+def bandwidth_table(
+    records: Sequence[VariantRecord],
+    device: DeviceProfile,
+    server: ServerProfile,
+    rtt_s: float = 0.0,
+    accuracy_floor: float | None = None,
+    bandwidths: Sequence[float] | None = None,
+) -> list[BandwidthChoice]:
+    """The best variant at each rate (default :func:`log_bandwidths`: 1 KB/s … 100 MB/s, 4 per decade), for
+    devices that look the answer up instead of running a query. Feasibility does not depend on the rate, so
+    either every row has a variant or :class:`NoFeasibleVariantError` is raised."""
+    rows = []
+    for bw in bandwidths if bandwidths is not None else log_bandwidths():
+        c = candidates(records, Link(bw, rtt_s=rtt_s), device, server, accuracy_floor)[0]
+        m = c.record.measurement
+        assert m is not None
+        rows.append(BandwidthChoice(bw, c.record.key, c.total_s, m.accuracy, m.bits_mean + m.header_bits))
+    return rows
