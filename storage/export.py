@@ -1,0 +1,184 @@
+"""Export of a variant from the lookup table: load the parts the builder recorded as artifacts and hand them to
+:func:`coinference.export.export_variant`, then verify the package.
+
+Artifacts a variant needs (recorded with ``LookupTable.record_ok(..., artifacts=...)``), in one of two forms:
+
+1. **TorchScript parts** (any builder):
+   ``device``: TorchScript file (``torch.jit.save``) of the device part — pruned backbone + encoder + quantizer:
+   normalised image (N, C, H, W) float32 → symbols (N, ...);
+   ``server``: TorchScript file of the server part — decoder + rest of the model: symbols → logits;
+   ``codec`` (optional; absent = the feature is sent as float32): ``.npz`` (``numpy.savez``, no pickled objects)
+   holding ``kind`` (a 0-d string array naming a :data:`coinference.export.BYTE_CODECS` entry) and its tables.
+2. **coinference builder checkpoints** (what ``coinference.build.save_variant`` writes; no ``server`` artifact):
+   ``device``: the pruned model (``coinference.pruned/1``), ``codec``: the trained codec and server tail
+   (``coinference.codec/1``). The device part is ``head → codec.to_symbols``, the server part
+   ``codec.from_symbols → expand → tail``, and the bytes path the codec's own ``encode_payload``/``decode_payload``.
+
+Each file is checked against the sha256 recorded in the table before it is loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from coinference.export import (
+    BYTE_CODECS,
+    ByteCodec,
+    Normalization,
+    VerifyReport,
+    export_variant,
+    load_torchscript,
+    verify_export,
+)
+from storage.errors import StorageError
+from storage.records import VariantRecord
+
+REQUIRED_ARTIFACTS = ("device", "server")
+CODEC_ARTIFACT = "codec"
+
+
+def _artifact(record: VariantRecord, name: str) -> Path:
+    art = record.artifacts.get(name)
+    if art is None:
+        have = ", ".join(sorted(record.artifacts)) or "none"
+        raise StorageError(
+            f"variant {record.key[:12]} has no {name!r} artifact to export (recorded: {have}); "
+            f"the builder must record the {name} part as a TorchScript file"
+        )
+    problem = art.check()
+    if problem:
+        raise StorageError(f"variant {record.key[:12]}: {problem}")
+    return art.path
+
+
+def load_parts(record: VariantRecord) -> tuple[Any, Any, ByteCodec | None]:
+    """(device module, server module, byte codec or None) from a variant's artifacts (either form above).
+
+    Raises:
+        StorageError: a missing, altered or unreadable artifact (the message names it).
+    """
+    if "server" not in record.artifacts and {"device", CODEC_ARTIFACT} <= set(record.artifacts):
+        return _builder_parts(record)
+    parts = []
+    for name in REQUIRED_ARTIFACTS:
+        path = _artifact(record, name)
+        try:
+            parts.append(load_torchscript(path))
+        except (RuntimeError, ValueError) as e:
+            raise StorageError(f"artifact {name!r} ({path}) is not a TorchScript file: {e}") from None
+    codec = None
+    if CODEC_ARTIFACT in record.artifacts:
+        path = _artifact(record, CODEC_ARTIFACT)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                tables = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise StorageError(f"artifact 'codec' ({path}) is not a numpy .npz file: {e}") from None
+        if "kind" not in tables:
+            raise StorageError(f"artifact 'codec' ({path}) has no 'kind' entry")
+        kind = str(tables.pop("kind"))
+        codec = BYTE_CODECS.get(kind)(tables)
+    return parts[0], parts[1], codec
+
+
+def export_record(
+    record: VariantRecord,
+    out: str | Path,
+    images: Any,
+    input_shape: tuple[int, int, int],
+    normalization: Normalization | None,
+    extra: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, VerifyReport]:
+    """Export ``record`` to ``out`` and verify it on ``images`` (normalised float32 (N, C, H, W)).
+
+    Returns:
+        (manifest path, verification report).
+    """
+    if record.measurement is None:
+        raise StorageError(f"variant {record.key[:12]} has status {record.status!r}: nothing measured to export")
+    device, server, codec = load_parts(record)
+    manifest = export_variant(
+        out,
+        device,
+        server,
+        input_shape,
+        codec=codec,
+        normalization=normalization,
+        spec={"key": record.key, **record.spec.to_dict()},
+        measurement=record.measurement.to_dict(),
+        extra=extra,
+        overwrite=overwrite,
+    )
+    report = verify_export(out, images, reference=(device, server), codec=codec)
+    return manifest, report
+
+
+# ------------------------------------------------------------------------------------------- builder checkpoints
+class _ToSymbols(nn.Module):
+    def __init__(self, codec: nn.Module) -> None:
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.codec.to_symbols(feature)  # type: ignore[operator]
+
+
+class _FromSymbols(nn.Module):
+    def __init__(self, codec: nn.Module) -> None:
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
+        return self.codec.from_symbols(symbols)  # type: ignore[operator]
+
+
+class FeatureCodecBytes:
+    """:class:`~coinference.export.ByteCodec` view of a coinference feature codec (its payload, no header)."""
+
+    def __init__(self, codec: Any) -> None:
+        self.codec = codec
+        self.kind = f"coinference.{codec.kind}"
+
+    def compress(self, symbols: torch.Tensor) -> bytes:
+        return bytes(self.codec.encode_payload(symbols))
+
+    def decompress(self, payload: bytes) -> torch.Tensor:
+        return self.codec.decode_payload(payload)
+
+    def tables(self) -> dict[str, np.ndarray]:
+        from coinference.codec.state import coder_state
+
+        out = {"codec_kind": np.asarray(self.codec.kind)}
+        for k, v in coder_state(self.codec).items():
+            out[k] = v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+        return out
+
+
+def _builder_parts(record: VariantRecord) -> tuple[nn.Module, nn.Module, ByteCodec]:
+    from coinference.build import load_codec
+    from coinference.errors import CoinferenceError
+    from coinference.prune import load_pruned
+    from coinference.prune.activation import Expand
+
+    device_path, codec_path = _artifact(record, "device"), _artifact(record, CODEC_ARTIFACT)
+    try:
+        pruned = load_pruned(device_path)
+        codec, tail_state = load_codec(codec_path)
+        tail = nn.Sequential(Expand(pruned.kept_channels, pruned.feature_shape[0]), copy.deepcopy(pruned.tail))
+        tail.load_state_dict(tail_state)
+    except (CoinferenceError, RuntimeError, KeyError, ValueError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(
+            f"variant {record.key[:12]}: cannot rebuild it from its builder checkpoints: {msg}"
+        ) from None
+    device = nn.Sequential(pruned.head, _ToSymbols(codec)).eval()
+    server = nn.Sequential(_FromSymbols(codec), tail).eval()
+    return device, server, FeatureCodecBytes(codec)
