@@ -24,6 +24,10 @@ def _root() -> None:
 
 # Command modules register themselves on `app` when imported.
 from search.cli import base, profile  # noqa: E402,F401
+from search.cli import pareto  # noqa: E402,F401
+from search.cli import query  # noqa: E402,F401
+from search.cli import export  # noqa: E402,F401
+from search.cli import show  # noqa: E402,F401
 from search.cli import prune  # noqa: E402,F401
 
 

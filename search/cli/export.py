@@ -1,0 +1,90 @@
+"""``coinfer export``: write the device and server packages of the variant chosen for a link (or named by key)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from coinference.data import load_dataset
+from coinference.export import Normalization
+from coinference.zoo import MODELS
+from search.cli import app
+from search.cli.common import DataDirOpt, console
+from search.cli.table_options import (
+    BandwidthOpt,
+    DbOpt,
+    DeviceOpt,
+    MinAccOpt,
+    NameOpt,
+    RttOpt,
+    ServerOpt,
+    link,
+    profiles,
+    read_table,
+)
+from storage.export import export_record
+from storage.plots import fmt_rate
+from storage.query import query as run_query
+
+
+@app.command()
+def export(
+    bandwidth: BandwidthOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the packages and manifest.json.")],
+    db: DbOpt = None,
+    name: NameOpt = "default",
+    device: DeviceOpt = "rpi3",
+    server: ServerOpt = "rtx2080ti",
+    rtt: RttOpt = 0.0,
+    min_accuracy: MinAccOpt = None,
+    data_dir: DataDirOpt = None,
+    verify_images: Annotated[int, typer.Option(min=1, help="Test images the export is verified on.")] = 64,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing export in --out.")] = False,
+) -> None:
+    """Export the best variant for --bandwidth/--device as TorchScript + ONNX packages, verified by onnxruntime."""
+    dev, srv = profiles(device, server)
+    lk = link(bandwidth, rtt)
+    with read_table(db, name) as table:
+        res = run_query(table.variants(status="ok"), lk, dev, srv, min_accuracy, runners_up=0)
+        rec = res.best.record
+        data = load_dataset(rec.spec.dataset, data_dir)
+        info = MODELS.get(rec.spec.model)
+        if rec.spec.weights_sha256 is not None and info.checkpoint_normalization is not None:
+            data = data.with_normalization(*info.checkpoint_normalization)
+        lat = res.best.latency
+        extra = {
+            "query": {
+                "bandwidth_bytes_per_s": lk.bandwidth_bytes_per_s,
+                "rtt_s": lk.rtt_s,
+                "device": dev.name,
+                "server": srv.name,
+                "accuracy_floor": min_accuracy,
+            },
+            "predicted_latency_s": {
+                "device": lat.device_s,
+                "transmit": lat.transmit_s,
+                "rtt": lat.rtt_s,
+                "server": lat.server_s,
+                "total": lat.total_s,
+            },
+            "device_profile": {"macs_per_s": dev.macs_per_s, "memory_bytes": dev.memory_bytes, "source": dev.source},
+            "server_profile": {"macs_per_s": srv.macs_per_s, "source": srv.source},
+        }
+        images = data.normalize(data.test_x[:verify_images])
+        manifest, report = export_record(
+            rec, out, images, data.input_shape, Normalization(data.mean, data.std), extra, overwrite=force
+        )
+        table.add_artifacts(rec.key, {"export/manifest": manifest})
+    con = console()
+    con.print(
+        f"exported {rec.key[:12]} ({rec.spec.model} split {rec.spec.split}) for {fmt_rate(lk.bandwidth_bytes_per_s)} "
+        f"on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms"
+    )
+    bits = f", {report.bits_mean:,.0f} payload bits/image" if report.bits_mean is not None else ""
+    con.print(
+        f"verified on {report.images} test images: onnxruntime vs torch max |Δlogit| {report.max_abs_logit_diff:.2g}, "
+        f"predictions identical through ONNX and through the bytes path{bits}"
+    )
+    con.print(f"manifest: {manifest}")

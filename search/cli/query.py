@@ -1,0 +1,120 @@
+"""``coinfer query``: the feasible variant with the least end-to-end latency for a link, or the precomputed
+bandwidth → variant table for devices that cannot run a query."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from coinference.errors import ConfigError
+from coinference.latency import parse_bandwidth
+from search.cli import app
+from search.cli.common import console
+from search.cli.table_options import (
+    DbOpt,
+    DeviceOpt,
+    MinAccOpt,
+    NameOpt,
+    RttOpt,
+    ServerOpt,
+    codec_label,
+    fmt_count,
+    link,
+    profiles,
+    read_table,
+)
+from storage.plots import fmt_rate
+from storage.query import bandwidth_table, log_bandwidths
+from storage.query import query as run_query
+
+
+@app.command()
+def query(
+    bandwidth: Annotated[
+        str | None, typer.Option("--bandwidth", "-b", help="Link rate, e.g. 40KB/s, 5 Mbit/s (bytes/s if bare).")
+    ] = None,
+    db: DbOpt = None,
+    name: NameOpt = "default",
+    device: DeviceOpt = "rpi3",
+    server: ServerOpt = "rtx2080ti",
+    rtt: RttOpt = 0.0,
+    min_accuracy: MinAccOpt = None,
+    top: Annotated[int, typer.Option(help="Runners-up to list.")] = 3,
+    table_: Annotated[
+        bool, typer.Option("--table", help="Print the bandwidth → variant table (1 KB/s … 100 MB/s) instead.")
+    ] = False,
+    per_decade: Annotated[int, typer.Option(help="Rates per factor of 10 in --table.")] = 4,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Best variant for a bandwidth, device, server, RTT and accuracy floor (latency computed now)."""
+    dev, srv = profiles(device, server)
+    if not table_ and bandwidth is None:
+        raise ConfigError("give --bandwidth (e.g. 40KB/s), or --table for every rate")
+    lk = link(bandwidth, rtt) if bandwidth is not None else None
+    with read_table(db, name) as tbl:
+        records = tbl.variants(status="ok")
+    con = console()
+    if table_:
+        rates = log_bandwidths(per_decade=per_decade) if bandwidth is None else [parse_bandwidth(bandwidth)]
+        rows = bandwidth_table(records, dev, srv, rtt, min_accuracy, rates)
+        if as_json:
+            doc = {"device": dev.name, "server": srv.name, "rtt_s": rtt, "accuracy_floor": min_accuracy}
+            typer.echo(json.dumps({**doc, "rows": [r.to_dict() for r in rows]}, indent=2))
+            return
+        t = Table(title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s")
+        for col in ("bandwidth", "variant", "latency ms", "accuracy", "bits"):
+            t.add_column(col, justify="right")
+        for r in rows:
+            t.add_row(
+                fmt_rate(r.bandwidth_bytes_per_s), r.key[:12], f"{r.total_s * 1e3:,.2f}", f"{r.accuracy:.4f}",
+                f"{r.bits:,.0f}",
+            )  # fmt: skip
+        con.print(t)
+        return
+    assert lk is not None
+    res = run_query(records, lk, dev, srv, min_accuracy, top)
+    ranked = [res.best, *res.runners_up]
+    if as_json:
+        doc = {
+            "bandwidth_bytes_per_s": lk.bandwidth_bytes_per_s,
+            "device": dev.name,
+            "server": srv.name,
+            "feasible": res.feasible,
+            "measured": res.measured,
+            "ranked": [
+                {
+                    "key": c.record.key,
+                    "total_s": c.total_s,
+                    "device_s": c.latency.device_s,
+                    "transmit_s": c.latency.transmit_s,
+                    "rtt_s": c.latency.rtt_s,
+                    "server_s": c.latency.server_s,
+                    "measurement": c.record.measurement.to_dict() if c.record.measurement else None,
+                }
+                for c in ranked
+            ],
+        }
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    t = Table(
+        title=f"{fmt_rate(lk.bandwidth_bytes_per_s)} on {dev.name} / {srv.name}, RTT {rtt:g} s: "
+        f"{res.feasible} feasible of {res.measured} measured"
+    )
+    for col in ("#", "key", "split", "sparsity", "codec", "accuracy", "device MACs", "bits", "device ms",
+                "transmit ms", "server ms", "total ms"):  # fmt: skip
+        t.add_column(col, justify="right")
+    for i, c in enumerate(ranked, start=1):
+        m = c.record.measurement
+        assert m is not None
+        lat = c.latency
+        t.add_row(
+            str(i), c.record.key[:12], c.record.spec.split, f"{c.record.spec.sparsity:.2f}", codec_label(c.record.spec),
+            f"{m.accuracy:.4f}", fmt_count(m.device_macs), f"{m.bits_mean + m.header_bits:,.0f}",
+            f"{lat.device_s * 1e3:,.3f}", f"{lat.transmit_s * 1e3:,.3f}", f"{lat.server_s * 1e3:,.3f}",
+            f"{c.total_s * 1e3:,.3f}",
+        )  # fmt: skip
+    con.print(t)
+    con.print(f"best: {res.best.record.key}")

@@ -1,0 +1,56 @@
+"""``coinfer show VARIANT``: one variant of the lookup table (spec, status, measurement, artifacts)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from search.cli import app
+from search.cli.common import console
+from search.cli.table_options import DbOpt, NameOpt, read_table
+
+
+@app.command()
+def show(
+    variant: Annotated[str, typer.Argument(help="Variant key (sha256 of its spec) or a unique prefix of ≥ 4 digits.")],
+    db: DbOpt = None,
+    name: NameOpt = "default",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
+) -> None:
+    """Show one variant: spec, status or error, measurement and recorded files with their sha256."""
+    with read_table(db, name) as table:
+        r = table.find(variant)
+    doc = {
+        "key": r.key,
+        "status": r.status,
+        "error": r.error,
+        "run": r.run,
+        "created_at": r.created_at.isoformat(),
+        "updated_at": r.updated_at.isoformat(),
+        "spec": r.spec.to_dict(),
+        "measurement": r.measurement.to_dict() if r.measurement else None,
+        "artifacts": {
+            a.name: {"path": str(a.path), "sha256": a.sha256, "size_bytes": a.size_bytes} for a in r.artifacts.values()
+        },
+    }
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    t = Table(title=f"variant {r.key}", show_header=False)
+    t.add_column("field")
+    t.add_column("value", overflow="fold")
+    for k in ("status", "error", "run", "created_at", "updated_at"):
+        if doc[k] is not None:
+            t.add_row(k, str(doc[k]))
+    for k, v in r.spec.to_dict().items():
+        t.add_row(f"spec.{k}", json.dumps(v) if isinstance(v, dict) else str(v))
+    if r.measurement is not None:
+        for k, v in r.measurement.to_dict().items():
+            t.add_row(f"measurement.{k}", f"{v:,}" if isinstance(v, int) else str(v))
+        t.add_row("measurement.device_memory_bytes", f"{r.measurement.device_memory_bytes:,}")
+    for a in r.artifacts.values():
+        t.add_row(f"artifact.{a.name}", f"{a.path} ({a.size_bytes:,} B, sha256 {a.sha256[:16]}…)")
+    console().print(t)
