@@ -1,0 +1,170 @@
+"""A run's report: the Pareto front of the specs it finished, the variant chosen at a few bandwidths, a Pareto
+plot (PNG) and ``report.md``. Fronts, queries and the plot come from ``storage`` (one definition of each)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from coinference.latency import SERVERS, Link, device_profile
+from search.space import SearchSpace
+
+MARGIN = 0.02
+"""Default accuracy floor: best measured accuracy of the run − this (the base model's is not known here)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The variant to deploy at one bandwidth (None when no variant is feasible)."""
+
+    bandwidth_bytes_per_s: float
+    record: Any | None
+    latency_s: float | None
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    records: list[Any]
+    """The run's records (``storage.VariantRecord``, ok and failed)."""
+    front: list[Any]
+    """Non-dominated measured variants over (accuracy ↑, device MACs ↓, bits ↓)."""
+    floor: float | None
+    device: str
+    choices: list[Choice]
+    plot: Path | None
+    markdown: Path
+
+
+def _floor(records: Sequence[Any], floor: float | None) -> float | None:
+    if floor is not None:
+        return floor
+    accs = [r.measurement.accuracy for r in records if r.status == "ok" and r.measurement is not None]
+    return max(accs) - MARGIN if accs else None
+
+
+def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) -> Report:
+    """Front, choices, plot and report.md of the specs ``keys`` (the run's ledger) in ``table``."""
+    from storage.errors import StorageError
+    from storage.pareto import hypervolume, pareto_front
+    from storage.plots import plot_front
+    from storage.query import BandwidthChoice, query
+
+    records = [r for r in (table.get(k) for k in keys) if r is not None]
+    front = pareto_front(records)
+    floor = _floor(records, cfg.accuracy_floor)
+    device = device_profile(cfg.device)
+    server = SERVERS.get("rtx2080ti")
+    choices = []
+    for bw in cfg.bandwidths:
+        try:
+            q = query(records, Link(bw), device, server, floor)
+            choices.append(Choice(bw, q.best.record, q.best.total_s))
+        except StorageError as e:
+            choices.append(Choice(bw, None, None, str(e)))
+    run_dir = cfg.run_dir
+    plot = None
+    if front:
+        marks = [
+            BandwidthChoice(c.bandwidth_bytes_per_s, c.record.key, c.latency_s or 0.0, 0.0, 0.0)
+            for c in choices
+            if c.record is not None
+        ]
+        plot = plot_front(records, front, marks, run_dir / "pareto.png", title=f"{cfg.name}: {cfg.searcher}")
+    ok = [r for r in records if r.status == "ok"]
+    failed = [r for r in records if r.status == "failed"]
+    lines = [
+        f"# Search run `{cfg.name}`",
+        "",
+        f"- searcher: `{cfg.searcher}`, budget {cfg.trials} variants, seed {cfg.seed}",
+        f"- space: {space.describe()}",
+        f"- finished: {len(records)} variants ({len(ok)} ok, {len(failed)} failed)",
+        f"- Pareto front (accuracy ↑, device MACs ↓, bits ↓): {len(front)} variants; "
+        f"hypervolume {hypervolume(ok):.4g} (error × MACs × bits, reference = 1.1 × worst of this run)",
+        f"- accuracy floor for the choices: {floor:.4f}" if floor is not None else "- no accuracy floor",
+        "",
+        "## Front",
+        "",
+        "| key | split | sparsity | codec | accuracy | device MACs | bits/image | device memory B |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in front:
+        m, s = r.measurement, r.spec
+        assert m is not None
+        lines.append(
+            f"| `{r.key[:12]}` | {s.split} | {s.sparsity:.2f} | {_codec(s)} | {m.accuracy:.4f} | "
+            f"{m.device_macs:,} | {m.bits_mean + m.header_bits:,.0f} | {m.device_memory_bytes:,} |"
+        )
+    lines += ["", f"## Chosen variant per bandwidth (device `{cfg.device}`, server `rtx2080ti`)", ""]
+    lines += ["| bandwidth | key | split | sparsity | codec | accuracy | latency |", "|---|---|---|---|---|---|---|"]
+    for c in choices:
+        if c.record is None:
+            lines.append(f"| {_rate(c.bandwidth_bytes_per_s)} | — | | | | | {c.why} |")
+            continue
+        s, m = c.record.spec, c.record.measurement
+        lines.append(
+            f"| {_rate(c.bandwidth_bytes_per_s)} | `{c.record.key[:12]}` | {s.split} | {s.sparsity:.2f} | "
+            f"{_codec(s)} | {m.accuracy:.4f} | {(c.latency_s or 0.0) * 1e3:.3f} ms |"
+        )
+    if failed:
+        lines += ["", "## Failed variants", ""]
+        lines += [f"- `{r.key[:12]}` {r.spec.split} s={r.spec.sparsity:.2f}: {r.error}" for r in failed]
+    if plot is not None:
+        lines += ["", f"![Pareto front]({plot.name})"]
+    md = run_dir / "report.md"
+    md.write_text("\n".join(lines) + "\n")
+    return Report(records, front, floor, cfg.device, choices, plot, md)
+
+
+def _codec(s: Any) -> str:
+    c = s.codec
+    return f"{c.kind} c={c.channels} d={c.dim} {c.bits}b"
+
+
+def _rate(bw: float) -> str:
+    from storage.plots import fmt_rate
+
+    return fmt_rate(bw)
+
+
+def render(rep: Report, console: Console) -> None:
+    """Print the front and the per-bandwidth choices."""
+    t = RichTable(title=f"Pareto front: {len(rep.front)} of {len(rep.records)} variants")
+    for col in ("key", "split", "sparsity", "codec", "accuracy", "device MACs", "bits/image"):
+        t.add_column(col, justify="right")
+    for r in rep.front:
+        m = r.measurement
+        t.add_row(
+            r.key[:12],
+            r.spec.split,
+            f"{r.spec.sparsity:.2f}",
+            _codec(r.spec),
+            f"{m.accuracy:.4f}",
+            f"{m.device_macs:,}",
+            f"{m.bits_mean + m.header_bits:,.0f}",
+        )
+    console.print(t)
+    floor = f"accuracy ≥ {rep.floor:.4f}" if rep.floor is not None else "no accuracy floor"
+    c = RichTable(title=f"Chosen variant per bandwidth ({rep.device}, {floor})")
+    for col in ("bandwidth", "key", "split", "sparsity", "codec", "accuracy", "latency"):
+        c.add_column(col, justify="right")
+    for ch in rep.choices:
+        if ch.record is None:
+            c.add_row(_rate(ch.bandwidth_bytes_per_s), "—", "", "", "", "", ch.why)
+            continue
+        s, m = ch.record.spec, ch.record.measurement
+        c.add_row(
+            _rate(ch.bandwidth_bytes_per_s),
+            ch.record.key[:12],
+            s.split,
+            f"{s.sparsity:.2f}",
+            _codec(s),
+            f"{m.accuracy:.4f}",
+            f"{(ch.latency_s or 0) * 1e3:.3f} ms",
+        )
+    console.print(c)

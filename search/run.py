@@ -1,0 +1,179 @@
+"""One search run: space + table + cached evaluator + searcher → ``runs/<name>/`` (lookup DB, ledger, study,
+Pareto plot, report). The ``coinfer search`` command is a thin shell over :func:`run_search`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from coinference.errors import ConfigError
+from coinference.zoo import DEFAULT_MODEL, MODELS, file_sha256
+from search.evaluator import CachedEvaluator, Evaluate, Outcome, Table
+from search.searchers import SEARCHERS, SearchContext, SearchOptions
+from search.space import SearchSpace
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """What ``coinfer search`` runs."""
+
+    searcher: str = "optuna"
+    """grid, random, optuna, ray or ppo."""
+    trials: int = 16
+    """Budget: distinct variants the run finishes (built, or found in the table)."""
+    model: str = DEFAULT_MODEL
+    """Zoo model."""
+    weights: Path | None = None
+    """Base checkpoint (default: the builder trains or fine-tunes the base itself)."""
+    dataset: str | None = None
+    """Data set (default: the model's)."""
+    data_dir: Path | None = None
+    """Folder of a file-backed data set."""
+    fidelity: str = "fast"
+    """Training budget preset of every variant: smoke, fast or full."""
+    db: str | None = None
+    """Lookup table URL (default: $COINFER_DB, else sqlite:///runs/<name>/lookup.db)."""
+    name: str = "search"
+    """Run name: the folder under runs/ and the run recorded with each variant."""
+    resume: bool = False
+    """Continue the run of this name where it stopped (ledger, study, Tune experiment)."""
+    seed: int = 0
+    """Seed of the searcher (and of every spec)."""
+    accuracy_floor: float | None = None
+    """Absolute accuracy floor; None: best measured accuracy − 0.02 for the report, no search constraint."""
+    device: str = "rpi3"
+    """Device profile of the report's per-bandwidth choice (see coinference.latency.device_names)."""
+    bandwidths: tuple[float, ...] = (1e3, 1e5, 1e7)
+    """Link rates (bytes/s) of the report's per-bandwidth choice."""
+    runs_root: Path = Path("runs")
+    """Parent folder of runs/<name>/."""
+    space_levels: dict[str, tuple] = field(default_factory=dict)
+    """Overrides of :class:`SearchSpace` levels (sparsities, ratios, bits, activation_sparsities, splits)."""
+    options: SearchOptions = field(default_factory=SearchOptions)
+    """Searcher-specific settings."""
+
+    @property
+    def run_dir(self) -> Path:
+        return self.runs_root / self.name
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a run left behind."""
+
+    run_dir: Path
+    space: SearchSpace
+    keys: tuple[str, ...]
+    """Specs this run finished, in order."""
+    built: int
+    """Of those, built by this invocation (the rest came from the table)."""
+    failed: int
+    seconds: float
+    report: Any
+    """The :class:`search.report.Report` (front, choices, files)."""
+
+
+def default_evaluator(cfg: SearchConfig) -> Evaluate:
+    """``coinference.build.build_and_measure`` with the run's weights, data and cache folder (imported lazily)."""
+    try:
+        from coinference.build import build_and_measure
+    except ImportError as e:
+        raise ConfigError(f"the variant builder (coinference.build) is not available: {e}") from None
+    return partial(
+        build_and_measure,
+        weights=cfg.weights,
+        data_dir=cfg.data_dir,
+        cache_dir=(cfg.run_dir / "cache").resolve(),
+    )
+
+
+def make_space(cfg: SearchConfig) -> SearchSpace:
+    """The default space of the run's model, with the config's level overrides."""
+    MODELS.get(cfg.model)
+    sha = file_sha256(cfg.weights) if cfg.weights is not None else None
+    levels = dict(cfg.space_levels)
+    splits = levels.pop("splits", None)
+    return SearchSpace.for_model(
+        cfg.model,
+        cfg.dataset,
+        splits=splits,
+        fidelity=cfg.fidelity,
+        weights_sha256=sha,
+        seed=cfg.seed,
+        **levels,
+    )
+
+
+def open_run_table(cfg: SearchConfig) -> Table:
+    """The run's lookup table: --db, else $COINFER_DB, else runs/<name>/lookup.db."""
+    from storage import open_table
+
+    url = cfg.db or os.environ.get("COINFER_DB")
+    if url is None:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(cfg.run_dir / 'lookup.db').resolve()}"
+    return open_table(url, name=cfg.name)
+
+
+def run_search(
+    cfg: SearchConfig,
+    evaluate: Evaluate | None = None,
+    table: Table | None = None,
+    space: SearchSpace | None = None,
+    on_outcome: Callable[[Outcome], None] | None = None,
+    report: bool = True,
+) -> SearchResult:
+    """Run one search and write ``runs/<name>/``.
+
+    Args:
+        cfg: the run.
+        evaluate: builds and measures a spec (default: :func:`default_evaluator`).
+        table: the lookup table (default: :func:`open_run_table`).
+        space: the search space (default: :func:`make_space`).
+        on_outcome: called after every finished spec (progress bars).
+        report: write the Pareto plot and report.md.
+
+    Raises:
+        ConfigError: unknown searcher, a bad budget, or --resume with nothing to resume.
+    """
+    searcher = SEARCHERS.get(cfg.searcher)()
+    if cfg.trials < 1:
+        raise ConfigError(f"--trials must be ≥ 1, got {cfg.trials}")
+    run_dir = cfg.run_dir
+    if cfg.resume and not (run_dir / "evaluations.jsonl").exists():
+        raise ConfigError(f"nothing to resume: {run_dir / 'evaluations.jsonl'} does not exist")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    space = space or make_space(cfg)
+    own_table = table is None
+    table = table or open_run_table(cfg)
+    t0 = time.perf_counter()
+    try:
+        ev = CachedEvaluator(table, evaluate or default_evaluator(cfg), cfg.name, on_outcome)
+        ctx = SearchContext(space, ev, cfg.trials, run_dir, cfg.resume, cfg.seed, cfg.accuracy_floor, cfg.options)
+        (run_dir / "config.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=1, default=str))
+        searcher.run(ctx)
+        keys = tuple(ctx.ledger.order)
+        failed = sum(1 for k in keys if ctx.ledger.done[k]["status"] == "failed")
+        rep = None
+        if report:
+            from search.report import write_report
+
+            rep = write_report(table, keys, cfg, space)
+        return SearchResult(run_dir, space, keys, ev.n_built, failed, time.perf_counter() - t0, rep)
+    finally:
+        if own_table:
+            table.close()
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out[k] = _jsonable(v) if isinstance(v, dict) else (str(v) if isinstance(v, Path) else v)
+    return out

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+TOY = "search_toys:CountingEvaluator()"
+
+
+def test_search_writes_run_folder_and_prints_front(run_cli, tmp_path: Path) -> None:
+    args = ("search", "--searcher", "optuna", "--trials", "5", "--model", "tiny-cnn", "--evaluator", TOY)
+    code, out, err = run_cli(*args, "--runs-root", str(tmp_path), "--name", "demo")
+    assert code == 0, err
+    assert "Pareto front" in out and "Chosen variant per bandwidth" in out
+    assert "1 KB/s" in out and "100 KB/s" in out and "10 MB/s" in out
+    run = tmp_path / "demo"
+    for f in ("lookup.db", "study.journal", "evaluations.jsonl", "config.json", "report.md"):
+        assert (run / f).is_file(), f
+    assert (run / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len((run / "evaluations.jsonl").read_text().splitlines()) == 5
+    assert "## Front" in (run / "report.md").read_text()
+    # a second run of the same name starts afresh and is answered from the table
+    code, out, err = run_cli(*args, "--runs-root", str(tmp_path), "--name", "demo")
+    assert code == 0, err
+    assert "(0 built now" in out
+
+
+def test_search_bad_inputs_exit_2_with_one_line(run_cli, tmp_path: Path) -> None:
+    root = ("--runs-root", str(tmp_path))
+    cases = [
+        (("search", "--searcher", "bayes", *root), "unknown searcher 'bayes'; valid:"),
+        (("search", "--resume", "--evaluator", TOY, "--name", "x", *root), "nothing to resume"),
+        (("search", "--evaluator", "nomodule", *root), "--evaluator must be module:callable"),
+        (("search", "--model", "vgg16", "--evaluator", TOY, *root), "unknown model 'vgg16'"),
+        (("search", "--sampler", "cma", "--evaluator", TOY, "--model", "tiny-cnn", *root), "unknown Optuna sampler"),
+    ]
+    for args, msg in cases:
+        code, _, err = run_cli(*args)
+        assert code == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and msg in lines[0], (args, err)
