@@ -53,8 +53,8 @@ class BuiltVariant:
     measurement: Measurement
 
     def server_tail(self) -> nn.Module:
-        """Decoded transmitted feature → logits."""
-        return nn.Sequential(Expand(self.pruned.kept_channels, self.pruned.feature_shape[0]), self.codec.tail).eval()
+        """Decoded transmitted feature → logits (the codec's tail already starts with the channel expand)."""
+        return self.codec.tail.eval()
 
 
 def _versions() -> dict[str, str]:
