@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from coinference.base import checkpoint_normalization
 from coinference.data import DATASETS, ImageData, load_dataset
 from coinference.zoo import MODELS, ModelInfo, SplittableModel, build_model
 
@@ -20,14 +21,22 @@ DatasetOpt = Annotated[
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder of a file-backed data set (cifar10).")]
 
 
+def _recorded_normalization(weights: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    try:
+        return checkpoint_normalization(weights)
+    except Exception:  # unreadable: build_model reports it with a clear message
+        return None
+
+
 def model_and_data(
     model: str, weights: Path | None, dataset: str | None, data_dir: Path | None, need_data: bool
 ) -> tuple[ModelInfo, SplittableModel, ImageData | None]:
     """Resolve --model/--weights/--dataset/--data-dir into (info, model, data or None).
 
     Data is loaded when ``need_data`` is set, when ``--data-dir`` is given, or when the data set is embedded
-    (needs no files). A checkpoint's training normalisation (e.g. ImageNet statistics for the common CIFAR
-    ResNet checkpoints) replaces the data set's when weights are given.
+    (needs no files). When weights are given, the normalisation recorded in a base checkpoint (``coinfer base``),
+    else the one the model's common public checkpoints use (ImageNet statistics for the CIFAR ResNets), replaces
+    the data set's.
     """
     info = MODELS.get(model)
     name = dataset or info.dataset
@@ -35,8 +44,10 @@ def model_and_data(
     data = None
     if need_data or data_dir is not None or name in ("digits", "synthetic"):
         data = load_dataset(name, data_dir)
-        if weights is not None and info.checkpoint_normalization is not None:
-            data = data.with_normalization(*info.checkpoint_normalization)
+        if weights is not None:
+            norm = _recorded_normalization(weights) or info.checkpoint_normalization
+            if norm is not None:
+                data = data.with_normalization(*norm)
     net = build_model(
         model,
         weights,
