@@ -1,0 +1,372 @@
+"""The codec phase: build an encoder/decoder for a frozen head's output, train it, and measure it.
+
+``train_codec(head, tail, data, CodecConfig, TrainConfig) -> TrainedCodec``. The device ``head`` (image batch →
+feature (N, C, H, W) or (N, D)) stays frozen, in eval mode (BatchNorm statistics included); shapes come from
+what it emits, so a pruned head works as well as a zoo one. The codec is trained through the server ``tail``
+(frozen unless ``finetune_tail``; a fine-tuned tail is a copy) with cross-entropy plus distillation from the
+uncoded model's logits, after a warm-up without quantization/channel. By default the head's outputs on the
+training subset are computed once and cached (no augmentation then); :func:`coinference.train.fit` runs the loop.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from coinference.codec.base import FeatureCodec, build_codec
+from coinference.codec.config import CodecConfig
+from coinference.codec.entropy import HEADER_BITS, HEADER_BYTES
+from coinference.data import ImageData
+from coinference.errors import CoinferenceError, ConfigError
+from coinference.profile import count_macs
+from coinference.train import StepHooks, TrainConfig, TrainResult, fit, training_batches
+
+KD_TEMPERATURE = 2.0
+CACHE_LIMIT_BYTES = 2 * 1024**3
+STATS_SAMPLES = 5000
+
+
+class DeviceSide(nn.Module):
+    """The device part of a codec: feature (N, ...) → symbols (indices, bits, 8-bit values or channel input)."""
+
+    def __init__(self, codec: FeatureCodec) -> None:
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, feature: torch.Tensor) -> torch.Tensor:
+        return self.codec.to_symbols(feature)
+
+
+class ServerSide(nn.Module):
+    """The server part of a codec: symbols (N, ...) → decoded feature (N, ...)."""
+
+    def __init__(self, codec: FeatureCodec) -> None:
+        super().__init__()
+        self.codec = codec
+
+    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
+        return self.codec.from_symbols(symbols)
+
+
+@dataclass(frozen=True)
+class CodecEval:
+    """Test-set figures of a trained codec. Bits are payload bits per sample from real bytes at batch 1."""
+
+    accuracy: float
+    bits_mean: float | None
+    bits_max: int | None
+    header_bits: int
+    channel_uses: int | None
+    channel_level: float | None
+    encoder_macs: int
+    decoder_macs: int
+    samples_coded: int
+    roundtrips_checked: int
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass(eq=False)
+class TrainedCodec:
+    """A trained codec for one head output shape, with the tail to decode into.
+
+    Attributes:
+        codec: the codec module (eval mode).
+        config: its configuration.
+        feature_shape: head output shape (batch excluded).
+        tail: the server tail to run on decoded features (a fine-tuned copy when ``finetune_tail``).
+        encoder_macs: device MACs of the encoder per image (conv/linear, batch 1).
+        decoder_macs: server MACs of the decoder per image.
+        train_result: what the training loop did (None for kinds without learned parts).
+    """
+
+    codec: FeatureCodec
+    config: CodecConfig
+    feature_shape: tuple[int, ...]
+    tail: nn.Module
+    encoder_macs: int
+    decoder_macs: int
+    train_result: TrainResult | None
+
+    @property
+    def encoder(self) -> DeviceSide:
+        """Device side (feature → symbols)."""
+        return DeviceSide(self.codec)
+
+    @property
+    def decoder(self) -> ServerSide:
+        """Server side (symbols → feature)."""
+        return ServerSide(self.codec)
+
+    header_bits = HEADER_BITS
+
+    def compress(self, feature: torch.Tensor) -> bytes:
+        """Bitstream of one feature (1, *feature_shape): a 10-byte header + payload."""
+        return self.codec.compress(feature)
+
+    def decompress(self, blob: bytes) -> torch.Tensor:
+        """Feature (1, *feature_shape) of a bitstream; BitstreamError when truncated or corrupted."""
+        return self.codec.decompress(blob)
+
+    def evaluate(self, head: nn.Module, data: ImageData, **kwargs: object) -> CodecEval:
+        """:func:`evaluate_codec` with this codec's tail."""
+        return evaluate_codec(self, head, data, **kwargs)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def head_features(head: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored)."""
+    was = head.training
+    head.eval()
+    out = [head(data.normalize(x_uint8[i : i + batch_size])) for i in range(0, len(x_uint8), batch_size)]
+    head.train(was)
+    return torch.cat(out)
+
+
+def codec_macs(codec: FeatureCodec) -> tuple[int, int]:
+    """(encoder, decoder) MACs per image of ``codec`` (batch 1, eval mode)."""
+    was = codec.training
+    codec.eval()
+    with torch.no_grad():
+        f = torch.zeros(1, *codec.feature_shape)
+        with count_macs(codec.encoder) as enc:
+            sym = codec.to_symbols(f)
+        with count_macs(codec.decoder) as dec:
+            codec.from_symbols(sym)
+    codec.train(was)
+    return enc[0], dec[0]
+
+
+def _packed_targets(y: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    # fit passes targets through untouched to loss_fn: column 0 is the label, the rest the teacher's logits.
+    return torch.cat([y.to(torch.float32)[:, None], teacher_logits], 1)
+
+
+def _cached_batches(feats: torch.Tensor, targets: torch.Tensor, bs: int, seed: int) -> Iterator:
+    gen = torch.Generator().manual_seed(seed + 1)
+    bs = min(bs, len(feats))
+    while True:
+        order = torch.randperm(len(feats), generator=gen)
+        for i in range(0, len(order) - bs + 1, bs):
+            idx = order[i : i + bs]
+            yield feats[idx], targets[idx]
+
+
+def _live_batches(head: nn.Module, teacher: nn.Module, data: ImageData, cfg: TrainConfig) -> Iterator:
+    gen = torch.Generator().manual_seed(cfg.seed)
+    for x, y in training_batches(data, cfg, gen):
+        with torch.no_grad():  # never yield inside it: grad mode is global and would leak into the caller
+            f = head(x)
+            t = teacher(f)
+        yield f, _packed_targets(y, t)
+
+
+def train_pool(data: ImageData, cfg: TrainConfig) -> torch.Tensor:
+    """Indices of the training images ``cfg`` trains on (its fixed subset, as :func:`training_batches` draws it)."""
+    n = len(data.train_x)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    return torch.randperm(n, generator=gen)[: cfg.subset] if cfg.subset and cfg.subset < n else torch.arange(n)
+
+
+def training_features(head: nn.Module, data: ImageData, cfg: TrainConfig) -> torch.Tensor:
+    """The frozen head's outputs on the training images of ``cfg`` (pass to :func:`train_codec` to share them)."""
+    return head_features(head, data, data.train_x[train_pool(data, cfg)])
+
+
+def train_codec(
+    head: nn.Module,
+    tail: nn.Module,
+    data: ImageData,
+    codec_cfg: CodecConfig,
+    train_cfg: TrainConfig,
+    *,
+    cache_features: bool | None = None,
+    train_features: torch.Tensor | None = None,
+) -> TrainedCodec:
+    """Build a codec for ``head``'s output and train it through ``tail`` (see the module docstring).
+
+    Args:
+        head: frozen device part (kept in eval mode; its parameters are never updated).
+        tail: server part (frozen unless ``codec_cfg.finetune_tail``; then a copy is trained).
+        data: training data (the statistics of the entropy model come from its training split).
+        codec_cfg: the codec.
+        train_cfg: budget of the codec phase.
+        cache_features: compute the head's outputs once (no augmentation); None = when they fit in 2 GiB.
+        train_features: those outputs, precomputed by :func:`training_features` (shared by several codecs).
+
+    Raises:
+        ConfigError: sizes that do not fit the head's output. TrainingError: non-finite loss.
+    """
+    head_mode, tail_mode = head.training, tail.training
+    head.eval()
+    tail.eval()
+    with torch.no_grad():
+        probe = head(data.normalize(data.train_x[:2]))
+    shape = tuple(int(s) for s in probe.shape[1:])
+    pool = train_pool(data, train_cfg)
+    if train_features is not None and tuple(train_features.shape) != (len(pool), *shape):
+        raise ConfigError(f"train_features {tuple(train_features.shape)} do not match {len(pool)} × {shape}")
+    cache = cache_features if cache_features is not None else len(pool) * 4 * math.prod(shape) <= CACHE_LIMIT_BYTES
+    if train_features is None and codec_cfg.trainable and cache:
+        train_features = head_features(head, data, data.train_x[pool])
+    stats = (
+        train_features[:STATS_SAMPLES]
+        if train_features is not None
+        else head_features(head, data, data.train_x[pool[:STATS_SAMPLES]])
+    )
+    codec = build_codec(codec_cfg, shape, bool(stats.min() >= 0))
+    trained_tail = copy.deepcopy(tail) if codec_cfg.finetune_tail else tail
+    result = None
+    grads = {p: p.requires_grad for p in tail.parameters()}
+    try:
+        if codec_cfg.trainable:
+            result = _train(codec, head, tail, trained_tail, data, codec_cfg, train_cfg, pool, train_features)
+        codec.eval()
+        codec.set_coding(True)
+        codec.fit_statistics(stats)
+    finally:
+        for p, g in grads.items():
+            p.requires_grad_(g)
+        head.train(head_mode)
+        tail.train(tail_mode)
+    trained_tail.eval()
+    enc, dec = codec_macs(codec)
+    return TrainedCodec(codec, codec_cfg, shape, trained_tail, enc, dec, result)
+
+
+def _train(
+    codec: FeatureCodec,
+    head: nn.Module,
+    teacher: nn.Module,
+    tail: nn.Module,
+    data: ImageData,
+    ccfg: CodecConfig,
+    tcfg: TrainConfig,
+    pool: torch.Tensor,
+    feats: torch.Tensor | None,
+) -> TrainResult:
+    finetune = ccfg.finetune_tail
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    for p in tail.parameters():
+        p.requires_grad_(finetune)
+    if feats is not None:
+        with torch.no_grad():
+            logits = torch.cat([teacher(feats[i : i + 500]) for i in range(0, len(feats), 500)])
+        batches = _cached_batches(feats, _packed_targets(data.train_y[pool], logits), tcfg.batch_size, tcfg.seed)
+    else:
+        batches = _live_batches(head, teacher, data, tcfg)
+    total = tcfg.total_steps(len(data.train_x))
+    warm = int(ccfg.warmup * total)
+    alpha, t = ccfg.distill, KD_TEMPERATURE
+
+    def loss_fn(logits: torch.Tensor, packed: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
+        y, teach = packed[:, 0].long(), packed[:, 1:]
+        loss = (1 - alpha) * F.cross_entropy(logits, y)
+        if alpha > 0:
+            student, target = F.log_softmax(logits / t, 1), F.log_softmax(teach / t, 1)
+            kd = F.kl_div(student, target, log_target=True, reduction="batchmean")
+            loss = loss + alpha * t * t * kd
+        return loss + codec.aux_loss
+
+    def before(step: int) -> None:
+        if step == 0 or step == warm:
+            codec.set_coding(step >= warm)
+
+    def after(step: int) -> None:
+        if step >= warm:
+            codec.anneal((step - warm + 1) / max(1, total - warm))
+
+    def modes() -> None:
+        codec.train()
+        head.eval()
+        tail.train(finetune)
+
+    params = list(codec.parameters()) + (list(tail.parameters()) if finetune else [])
+    return fit(
+        codec,
+        data,
+        tcfg,
+        params=params,
+        forward=lambda f: tail(codec(f)),
+        loss_fn=loss_fn,
+        hooks=StepHooks(before_step=before, after_step=after),
+        train_mode=modes,
+        batches=batches,
+    )
+
+
+@torch.no_grad()
+def evaluate_codec(
+    trained: TrainedCodec,
+    head: nn.Module,
+    data: ImageData,
+    *,
+    level: float | None = None,
+    features: torch.Tensor | None = None,
+    bits_samples: int | None = None,
+    verify: int = 8,
+    batch_size: int = 500,
+    seed: int = 0,
+) -> CodecEval:
+    """Accuracy and bits per sample of ``trained`` on ``data``'s test split.
+
+    Accuracy runs the eval-mode codec batched (through its channel at ``level``: SNR dB or p, default the
+    config's). Bits are counted from ``compress`` at batch 1 on the first ``bits_samples`` test images (default
+    all); the header is reported apart. The first ``verify`` bitstreams are decompressed and checked bit-exact
+    against the device/server path.
+
+    Args:
+        features: precomputed head outputs of the test images (saves a head pass when evaluating many codecs).
+    """
+    codec, tail = trained.codec, trained.tail
+    codec.eval()
+    tail.eval()
+    feats = features if features is not None else head_features(head, data, data.test_x)
+    if len(feats) != len(data.test_y):
+        raise ConfigError(f"{len(feats)} test features for {len(data.test_y)} test labels")
+    used_level = None
+    if codec.has_channel:
+        used_level = float(level if level is not None else (codec.cfg.snr_db if _is_snr(codec) else codec.cfg.p))
+        codec.set_channel_level(used_level, torch.Generator().manual_seed(seed))
+    elif level is not None:
+        raise ConfigError(f"codec {codec.kind!r} has no channel; got a channel level {level}")
+    correct = 0
+    for i in range(0, len(feats), batch_size):
+        correct += int((tail(codec(feats[i : i + batch_size])).argmax(1) == data.test_y[i : i + batch_size]).sum())
+    bits: list[int] = []
+    checked = 0
+    if codec.kind != "jscc-awgn":
+        n = len(feats) if bits_samples is None else min(bits_samples, len(feats))
+        for i in range(n):
+            f = feats[i : i + 1]
+            blob = codec.compress(f)
+            bits.append(8 * (len(blob) - HEADER_BYTES))
+            if checked < verify:
+                expect = codec.from_symbols(codec.to_symbols(f))
+                if not torch.equal(codec.decompress(blob), expect):
+                    raise CoinferenceError(f"codec {codec.kind!r}: decompress(compress(x)) differs at test image {i}")
+                checked += 1
+    return CodecEval(
+        accuracy=correct / len(feats),
+        bits_mean=sum(bits) / len(bits) if bits else None,
+        bits_max=max(bits) if bits else None,
+        header_bits=HEADER_BITS,
+        channel_uses=codec.channel_uses,
+        channel_level=used_level,
+        encoder_macs=trained.encoder_macs,
+        decoder_macs=trained.decoder_macs,
+        samples_coded=len(bits),
+        roundtrips_checked=checked,
+    )
+
+
+def _is_snr(codec: FeatureCodec) -> bool:
+    return codec.kind == "jscc-awgn" or (codec.kind == "bottlenetpp" and codec.cfg.channel == "awgn")
