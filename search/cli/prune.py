@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
 from rich.table import Table
 
@@ -88,7 +89,8 @@ def prune(
 
     head, _ = split_model(net, point)
     dense_macs, dense_params = device_cost(head, data.input_shape)
-    dense_feat = head.eval()(data.normalize(data.test_x[:1])).shape[1:]
+    with torch.no_grad():
+        dense_feat = head.eval()(data.normalize(data.test_x[:1])).shape[1:]
     before = accuracy(net, data)
     if isinstance(cfg, PruneConfig):
         pruned: PrunedDevice = prune_device(net, point, data, cfg)
