@@ -27,6 +27,7 @@ from search.cli import base, profile  # noqa: E402,F401
 from search.cli import pareto  # noqa: E402,F401
 from search.cli import query  # noqa: E402,F401
 from search.cli import export  # noqa: E402,F401
+from search.cli import encode  # noqa: E402,F401
 from search.cli import show  # noqa: E402,F401
 from search.cli import search  # noqa: E402,F401
 from search.cli import prune  # noqa: E402,F401
