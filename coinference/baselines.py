@@ -53,14 +53,19 @@ def server_png(
     )  # fmt: skip
 
 
-def baseline_specs(base: VariantSpec, split_names: list[str]) -> dict[str, list[VariantSpec]]:
+def baseline_specs(
+    base: VariantSpec, split_names: list[str], two_step_activation: float = 0.5
+) -> dict[str, list[VariantSpec]]:
     """The paper's split baselines for a base spec: split-only + Huffman at every split, 2-Step Pruning +
-    Huffman at every split, and BottleNet++ at every split."""
+    Huffman at every split (step 2 prunes ``two_step_activation`` of the split layer's channels), and BottleNet++
+    at every split."""
     plain = base.with_(sparsity=0.0, activation_sparsity=0.0, pruning="incremental")
+    huffman = CodecSpec("huffman", bits=8)
     return {
-        "split+huffman": [plain.with_(split=s, codec=CodecSpec("huffman", bits=8)) for s in split_names],
+        "split+huffman": [plain.with_(split=s, codec=huffman) for s in split_names],
         "2-step+huffman": [
-            plain.with_(split=s, pruning="two-step", codec=CodecSpec("huffman", bits=8)) for s in split_names
+            plain.with_(split=s, pruning="two-step", activation_sparsity=two_step_activation, codec=huffman)
+            for s in split_names
         ],
         "bottlenet++": [plain.with_(split=s, codec=CodecSpec("bottlenetpp", bits=8)) for s in split_names],
     }
