@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import torch
+
+from coinference.baselines import baseline_specs, on_device_only, server_png
+from coinference.evaluate import accuracy
+from coinference.profile import module_cost, png_sizes
+from coinference.variant import VariantSpec
+from coinference.zoo import build_model
+
+
+def test_on_device_and_png(synthetic) -> None:
+    torch.manual_seed(0)
+    m = build_model("tiny-cnn")
+    total = module_cost(m, synthetic.input_shape)
+    dev = on_device_only(m, synthetic)
+    assert dev.device_macs == total.macs and dev.server_macs == 0 and dev.bits_mean == 2  # 4 classes
+    assert dev.accuracy == accuracy(m, synthetic)
+    png = server_png(m, synthetic, bits_limit=10)
+    sizes = png_sizes(synthetic.test_x[:10], sample=None)
+    assert png.device_macs == 0 and png.server_macs == total.macs
+    assert png.bits_mean == sizes.mean() and png.bits_max == sizes.max()
+    assert server_png(m, synthetic, test_limit=5).accuracy == accuracy(
+        m, synthetic.__class__(**{**synthetic.__dict__, "test_x": synthetic.test_x[:5], "test_y": synthetic.test_y[:5]})
+    )
+
+
+def test_baseline_specs_cover_every_split() -> None:
+    base = VariantSpec("tiny-cnn", "synthetic", "stem", sparsity=0.5)
+    specs = baseline_specs(base, ["stem", "block1"])
+    assert set(specs) == {"split+huffman", "2-step+huffman", "bottlenet++"}
+    assert [s.split for s in specs["split+huffman"]] == ["stem", "block1"]
+    assert all(s.sparsity == 0 and s.codec.kind == "huffman" for s in specs["split+huffman"])
+    assert all(s.pruning == "two-step" and s.activation_sparsity == 0.5 for s in specs["2-step+huffman"])
+    assert all(s.codec.kind == "bottlenetpp" for s in specs["bottlenet++"])
