@@ -9,7 +9,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +80,13 @@ class SearchResult:
 
 
 def default_evaluator(cfg: SearchConfig) -> Evaluate:
-    """``coinference.build.build_and_measure`` with the run's weights, data and cache folder (imported lazily)."""
+    """The real builder (``coinference.build.Builder.measure``: one builder per run, so the base model and
+    pruned device parts are shared between variants) with the run's weights, data and cache folder."""
     try:
-        from coinference.build import build_and_measure
+        from coinference.build import Builder
     except ImportError as e:
         raise ConfigError(f"the variant builder (coinference.build) is not available: {e}") from None
-    return partial(
-        build_and_measure,
-        weights=cfg.weights,
-        data_dir=cfg.data_dir,
-        cache_dir=(cfg.run_dir / "cache").resolve(),
-    )
+    return Builder(cfg.weights, cfg.data_dir, (cfg.run_dir / "cache").resolve()).measure
 
 
 def make_space(cfg: SearchConfig) -> SearchSpace:
