@@ -37,13 +37,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coinference.errors import ConfigError  # noqa: E402
-from coinference.variant import Measurement, VariantSpec  # noqa: E402
-from search.evaluator import CachedEvaluator  # noqa: E402
-from search.searchers import SEARCHERS, SearchContext, SearchOptions  # noqa: E402
-from search.space import SearchSpace  # noqa: E402
-from storage import open_table  # noqa: E402
-from storage.pareto import hypervolume, measured, objective_matrix, reference_point  # noqa: E402
+from coinference.errors import ConfigError
+from coinference.variant import Measurement, VariantSpec
+from search.evaluator import CachedEvaluator
+from search.searchers import SEARCHERS, SearchContext, SearchOptions
+from search.space import SearchSpace
+from storage import open_table
+from storage.pareto import hypervolume, measured, objective_matrix, reference_point
 
 SEARCHERS_BENCHED = {
     "random": ("random", {}),
