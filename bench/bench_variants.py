@@ -95,7 +95,7 @@ def table(args: argparse.Namespace, base_spec: VariantSpec, threshold: float) ->
 
     add("on-device", None, on_device_only(model, data, fid.test_limit), "all on device")
     add("server-png", None, server_png(model, data, fid.test_limit, fid.bits_limit), "PNG to server")
-    for method, specs in baseline_specs(base_spec, stage_splits).items():
+    for method, specs in baseline_specs(base_spec, {s: shapes[s] for s in stage_splits}).items():
         for spec in specs:
             try:
                 add(method, spec, b.measure(spec), f"{spec.split}")

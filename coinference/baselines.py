@@ -54,18 +54,29 @@ def server_png(
 
 
 def baseline_specs(
-    base: VariantSpec, split_names: list[str], two_step_activation: float = 0.5
+    base: VariantSpec,
+    feature_shapes: dict[str, tuple[int, ...]],
+    two_step_activation: float = 0.5,
+    bottlenet_reduction: int = 8,
 ) -> dict[str, list[VariantSpec]]:
-    """The paper's split baselines for a base spec: split-only + Huffman at every split, 2-Step Pruning +
-    Huffman at every split (step 2 prunes ``two_step_activation`` of the split layer's channels), and BottleNet++
-    at every split."""
+    """The paper's split baselines for a base spec at every split of ``feature_shapes`` (split name → feature
+    shape): split-only + Huffman, 2-Step Pruning + Huffman (step 2 prunes ``two_step_activation`` of the split
+    layer's channels), and BottleNet++ (its conv keeps C / ``bottlenet_reduction`` channels of a spatial feature,
+    its FC D / ``bottlenet_reduction`` of a flat one; 8-bit latent)."""
     plain = base.with_(sparsity=0.0, activation_sparsity=0.0, pruning="incremental")
     huffman = CodecSpec("huffman", bits=8)
+
+    def bottlenet(shape: tuple[int, ...]) -> CodecSpec:
+        reduced = max(1, shape[0] // bottlenet_reduction)
+        if len(shape) == 3:
+            return CodecSpec("bottlenetpp", channels=reduced, bits=8)
+        return CodecSpec("bottlenetpp", dim=reduced, bits=8)
+
     return {
-        "split+huffman": [plain.with_(split=s, codec=huffman) for s in split_names],
+        "split+huffman": [plain.with_(split=s, codec=huffman) for s in feature_shapes],
         "2-step+huffman": [
             plain.with_(split=s, pruning="two-step", activation_sparsity=two_step_activation, codec=huffman)
-            for s in split_names
+            for s in feature_shapes
         ],
-        "bottlenet++": [plain.with_(split=s, codec=CodecSpec("bottlenetpp", bits=8)) for s in split_names],
+        "bottlenet++": [plain.with_(split=s, codec=bottlenet(shape)) for s, shape in feature_shapes.items()],
     }

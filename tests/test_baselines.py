@@ -5,7 +5,7 @@ import torch
 from coinference.baselines import baseline_specs, on_device_only, server_png
 from coinference.evaluate import accuracy
 from coinference.profile import module_cost, png_sizes
-from coinference.variant import VariantSpec
+from coinference.variant import CodecSpec, VariantSpec
 from coinference.zoo import build_model
 
 
@@ -27,9 +27,12 @@ def test_on_device_and_png(synthetic) -> None:
 
 def test_baseline_specs_cover_every_split() -> None:
     base = VariantSpec("tiny-cnn", "synthetic", "stem", sparsity=0.5)
-    specs = baseline_specs(base, ["stem", "block1"])
+    specs = baseline_specs(base, {"stem": (8, 8, 8), "block2": (16,)})
     assert set(specs) == {"split+huffman", "2-step+huffman", "bottlenet++"}
-    assert [s.split for s in specs["split+huffman"]] == ["stem", "block1"]
+    assert [s.split for s in specs["split+huffman"]] == ["stem", "block2"]
     assert all(s.sparsity == 0 and s.codec.kind == "huffman" for s in specs["split+huffman"])
     assert all(s.pruning == "two-step" and s.activation_sparsity == 0.5 for s in specs["2-step+huffman"])
-    assert all(s.codec.kind == "bottlenetpp" for s in specs["bottlenet++"])
+    assert [s.codec for s in specs["bottlenet++"]] == [
+        CodecSpec("bottlenetpp", channels=1, bits=8),
+        CodecSpec("bottlenetpp", dim=2, bits=8),
+    ]
