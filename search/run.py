@@ -44,7 +44,7 @@ class SearchConfig:
     resume: bool = False
     """Continue the run of this name where it stopped (ledger, study, Tune experiment)."""
     seed: int = 0
-    """Seed of the searcher (and of every spec)."""
+    """Seed of the searcher (specs keep seed 0, so runs with different searcher seeds share the table)."""
     accuracy_floor: float | None = None
     """Absolute accuracy floor; None: best measured accuracy − 0.02 for the report, no search constraint."""
     device: str = "rpi3"
@@ -101,7 +101,6 @@ def make_space(cfg: SearchConfig) -> SearchSpace:
         splits=splits,
         fidelity=cfg.fidelity,
         weights_sha256=sha,
-        seed=cfg.seed,
         **levels,
     )
 
