@@ -2,10 +2,13 @@
 results come back to the driver, which alone writes the lookup table.
 
 Local by default (``ray.init(num_cpus=...)``); a cluster when ``$RAY_ADDRESS`` or ``options.address`` is set.
-The experiment lives in ``runs/<name>/tune`` (absolute path) and ``--resume`` continues it with
-``Tuner.restore``. A thin searcher in the driver (``_ray_tune.CachedSearch``) keeps the run's guarantees: a proposal
-the table already answers, or one already in flight, is told to Optuna without starting a trial, and it stops
-proposing once finished + in-flight specs reach the budget. A failed build is a result (status "failed"),
+The experiment lives in ``runs/<name>/tune`` (absolute path) and ``--resume`` continues an interrupted one with
+``Tuner.restore``; budget still left after that (a finished experiment given more trials) goes to a fresh
+experiment, where the table answers every cell already measured.
+
+A thin searcher in the driver (``_ray_tune.CachedSearch``) keeps the run's guarantees: a proposal the table
+already answers, or one already in flight, is told to Optuna without starting a trial, and it stops proposing
+once finished + in-flight specs reach the budget. A failed build is a result (status "failed"),
 not a trial error; ``FailureConfig(max_failures)`` retries trials whose worker died.
 """
 
@@ -59,8 +62,10 @@ class RaySearcher(Searcher):
         )
         try:
             if ctx.resume and tune.Tuner.can_restore(str(exp)):
-                tuner = tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True, resume_unfinished=True)
-            else:
+                # An interrupted experiment continues where it stopped (searcher state, unfinished trials).
+                tune.Tuner.restore(str(exp), trainable=trainable, resume_errored=True, resume_unfinished=True).fit()
+            if ctx.remaining() > 0:
+                # A fresh experiment (or a finished one given a larger budget): the table answers known cells.
                 if exp.exists():
                     shutil.rmtree(exp)
                 sampler = make_sampler(o.sampler, ctx.seed, o.population_size, o.n_startup_trials)
@@ -70,7 +75,7 @@ class RaySearcher(Searcher):
                     mode=MODES,
                     sampler=sampler,
                 )
-                tuner = tune.Tuner(
+                tune.Tuner(
                     trainable,
                     tune_config=tune.TuneConfig(
                         search_alg=CachedSearch(inner, ctx.name, ctx.seed),
@@ -84,8 +89,7 @@ class RaySearcher(Searcher):
                         failure_config=tune.FailureConfig(max_failures=o.max_failures),
                         verbose=0,
                     ),
-                )
-            tuner.fit()
+                ).fit()
         finally:
             CONTEXTS.pop(ctx.name, None)
             if started:
