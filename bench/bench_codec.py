@@ -32,8 +32,8 @@ from coinference.profile import png_bits, profile_model
 from coinference.train import TrainConfig
 from coinference.zoo import MODELS, build_model, split_model
 
-# (split, label, config): a few settings per stage boundary of ResNet-20 (features 16×32×32, 32×16×16,
-# 64×8×8, 64 after pooling). layer1.2 is the last stage end with ≤ 40 % of the MACs on the device.
+# (split, label, config): a few settings per stage boundary of ResNet-20 (features: layer1.2 16×32×32,
+# layer2.2 32×16×16, layer3.2 64 after pooling). layer1.2 is the last stage end with ≤ 40 % of the MACs on the device.
 SETTINGS: list[tuple[str, str, CodecConfig]] = [
     ("layer1.2", "sq c8 s4 2b", CodecConfig("sq", channels=8, stride=4, bits=2)),
     ("layer1.2", "sq c4 s4 2b", CodecConfig("sq", channels=4, stride=4, bits=2)),

@@ -145,3 +145,19 @@ def test_jscc_awgn_counts_channel_uses_and_degrades_with_noise(synthetic, traine
     assert hi.accuracy > lo.accuracy
     with pytest.raises(ConfigError, match="SNR 45.0 dB out of range"):
         evaluate_codec(tc, head, synthetic, level=45.0)
+
+
+def test_pca_init_starts_at_a_good_linear_code() -> None:
+    torch.manual_seed(0)
+    basis = torch.randn(3, 8)
+    coeffs = torch.randn(64, 4, 4, 3)
+    feats = (coeffs @ basis).permute(0, 3, 1, 2).contiguous()  # (64, 8, 4, 4): rank 3 per pixel
+    cfg = CodecConfig("sq", channels=3)
+    from coinference.codec import build_codec
+    from coinference.codec.bottleneck import pca_init
+
+    codec = build_codec(cfg, (8, 4, 4), nonneg=False)
+    codec.set_coding(False)
+    assert pca_init(codec.encoder, codec.decoder, feats)
+    with torch.no_grad():
+        assert torch.allclose(codec(feats), feats, atol=1e-4)  # exact for rank-3 data

@@ -110,3 +110,33 @@ class Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z)
+
+
+@torch.no_grad()
+def pca_init(encoder: nn.Module, decoder: nn.Module, features: torch.Tensor, max_rows: int = 200_000) -> bool:
+    """Start a spatial conv bottleneck (no FC) at the best linear code of the features: the encoder conv projects
+    each stride×stride patch (or pixel, for a 1×1 conv) on the top principal components of the training patches,
+    the decoder maps them back. A frozen, deep tail gives the codec a poorly conditioned gradient; this start
+    already reconstructs the feature as well as any linear code of that size can. Returns whether it applied.
+    """
+    convs = [m for m in encoder.modules() if isinstance(m, nn.Conv2d)]
+    dconvs = [m for m in decoder.modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) != 1 or len(dconvs) != 1 or any(isinstance(m, nn.Linear) for m in encoder.modules()):
+        return False
+    enc, dec = convs[0], dconvs[0]
+    k = enc.kernel_size[0]
+    if enc.stride[0] != k or dec.kernel_size[0] != 1:  # only non-overlapping patches (strided or 1×1 convs)
+        return False
+    rows = torch.nn.functional.unfold(features, k, stride=k).transpose(1, 2).reshape(-1, features.shape[1] * k * k)
+    if len(rows) > max_rows:
+        rows = rows[torch.randperm(len(rows))[:max_rows]]
+    mean = rows.mean(0)
+    _, _, v = torch.linalg.svd(rows - mean, full_matrices=False)
+    comps = v[: enc.out_channels]  # (out, C·k²), ordered as (c, i, j) like unfold and PixelShuffle
+    enc.weight.copy_(comps.view_as(enc.weight))
+    if enc.bias is not None:
+        enc.bias.copy_(-(comps @ mean))
+    dec.weight.copy_(comps.t().reshape(dec.weight.shape))
+    if dec.bias is not None:
+        dec.bias.copy_(mean)
+    return True

@@ -64,6 +64,11 @@ class CodecConfig:
     """Fraction of the training steps run without quantization/channel before they are switched on."""
     distill: float = 0.5
     """Weight of distillation from the uncoded model's logits (temperature 2); 1 - distill weighs the labels."""
+    init: str = "pca"
+    """Start of a spatial conv bottleneck without FC (sq, vq): "pca" (principal components of the training
+    feature patches) or "random"."""
+    recon: float = 0.0
+    """Weight of the feature-reconstruction loss ‖decoded − feature‖² / Var(feature) (helps a frozen deep tail)."""
     commitment: float = 0.25
     """Weight of the commitment loss (sq, vq); the codebook loss has weight 1."""
     finetune_tail: bool = False
@@ -82,6 +87,8 @@ class CodecConfig:
             raise ConfigError(f"bits must be in [1, 16], got {self.bits}")
         if self.grad not in ("ste", "soft"):
             raise ConfigError(f"quantizer gradient {self.grad!r} unknown; valid: soft, ste")
+        if self.init not in ("pca", "random"):
+            raise ConfigError(f"init {self.init!r} unknown; valid: pca, random")
         if self.channel not in BOTTLENETPP_CHANNELS:
             raise ConfigError(f"channel {self.channel!r} unknown; valid: {', '.join(BOTTLENETPP_CHANNELS)}")
         check_snr(self.snr_db)
@@ -94,10 +101,10 @@ class CodecConfig:
         check_p(phi, "training p")
         if lo > hi or plo > phi:
             raise ConfigError(f"training ranges must be (low, high): snr {self.snr_train_db}, p {self.p_train}")
-        if not 0.0 <= self.warmup < 1.0 or not 0.0 <= self.distill <= 1.0 or self.commitment < 0:
+        if not 0.0 <= self.warmup < 1.0 or not 0.0 <= self.distill <= 1.0 or min(self.commitment, self.recon) < 0:
             raise ConfigError(
-                f"need 0 <= warmup < 1, 0 <= distill <= 1, commitment >= 0; "
-                f"got {self.warmup}, {self.distill}, {self.commitment}"
+                f"need 0 <= warmup < 1, 0 <= distill <= 1, commitment >= 0, recon >= 0; "
+                f"got {self.warmup}, {self.distill}, {self.commitment}, {self.recon}"
             )
 
     @property

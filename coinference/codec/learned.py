@@ -18,7 +18,7 @@ from coinference.codec.quantize import ScalarQuantizer, VectorQuantizer
 from coinference.errors import ConfigError
 
 
-class _QuantizedCodec(FeatureCodec):
+class QuantizedCodec(FeatureCodec):
     """Encoder → quantizer → decoder, with an entropy coder fitted on training symbols."""
 
     def __init__(self, feature_shape: tuple[int, ...], cfg: CodecConfig, nonneg: bool = True) -> None:
@@ -76,7 +76,7 @@ class _QuantizedCodec(FeatureCodec):
 
 
 @CODECS.register("sq")
-class ScalarQuantCodec(_QuantizedCodec):
+class ScalarQuantCodec(QuantizedCodec):
     """Learned scalar quantizer (L = 2**bits levels) on every latent value; range-coded, one model per channel
     (spatial latents) or element (flat latents)."""
 
@@ -93,7 +93,7 @@ class ScalarQuantCodec(_QuantizedCodec):
 
 
 @CODECS.register("vq")
-class VectorQuantCodec(_QuantizedCodec):
+class VectorQuantCodec(QuantizedCodec):
     """Learned vector quantizer: one of L = 2**bits codewords per latent vector (the channel vector at each
     position of a spatial latent, or the whole flat latent, as the authors' code does at the last splits)."""
 

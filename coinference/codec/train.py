@@ -20,8 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from coinference.codec.base import FeatureCodec, build_codec
+from coinference.codec.bottleneck import pca_init
 from coinference.codec.config import CodecConfig
 from coinference.codec.entropy import HEADER_BITS, HEADER_BYTES
+from coinference.codec.learned import QuantizedCodec
 from coinference.data import ImageData
 from coinference.errors import CoinferenceError, ConfigError
 from coinference.profile import count_macs
@@ -222,6 +224,8 @@ def train_codec(
         else head_features(head, data, data.train_x[pool[:STATS_SAMPLES]])
     )
     codec = build_codec(codec_cfg, shape, bool(stats.min() >= 0))
+    if codec_cfg.init == "pca" and isinstance(codec, QuantizedCodec):
+        pca_init(codec.encoder, codec.decoder, stats)
     trained_tail = copy.deepcopy(tail) if codec_cfg.finetune_tail else tail
     result = None
     grads = {p: p.requires_grad for p in tail.parameters()}
@@ -266,6 +270,13 @@ def _train(
     total = tcfg.total_steps(len(data.train_x))
     warm = int(ccfg.warmup * total)
     alpha, t = ccfg.distill, KD_TEMPERATURE
+    recon: list[torch.Tensor] = [torch.zeros(())]
+
+    def forward(f: torch.Tensor) -> torch.Tensor:
+        decoded = codec(f)
+        if ccfg.recon > 0:
+            recon[0] = F.mse_loss(decoded, f) / f.detach().var().clamp_min(1e-12)
+        return tail(decoded)
 
     def loss_fn(logits: torch.Tensor, packed: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
         y, teach = packed[:, 0].long(), packed[:, 1:]
@@ -274,7 +285,7 @@ def _train(
             student, target = F.log_softmax(logits / t, 1), F.log_softmax(teach / t, 1)
             kd = F.kl_div(student, target, log_target=True, reduction="batchmean")
             loss = loss + alpha * t * t * kd
-        return loss + codec.aux_loss
+        return loss + codec.aux_loss + ccfg.recon * recon[0]
 
     def before(step: int) -> None:
         if step == 0 or step == warm:
@@ -295,7 +306,7 @@ def _train(
         data,
         tcfg,
         params=params,
-        forward=lambda f: tail(codec(f)),
+        forward=forward,
         loss_fn=loss_fn,
         hooks=StepHooks(before_step=before, after_step=after),
         train_mode=modes,
