@@ -72,7 +72,7 @@ def _digest(obj: Any) -> str:
 def codec_config(spec: VariantSpec) -> CodecConfig:
     """The codec configuration of a spec (kind, sizes, bits, channel levels)."""
     c = spec.codec
-    kw: dict[str, Any] = {"kind": c.kind, "channels": c.channels, "dim": c.dim, "bits": c.bits}
+    kw: dict[str, Any] = {"kind": c.kind, "channels": c.channels, "dim": c.dim, "bits": c.bits, "kernel": c.kernel}
     if c.kind == "huffman":
         kw.update(channels=None, dim=None, bits=8)
     if c.snr_db is not None:

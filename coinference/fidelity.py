@@ -38,8 +38,8 @@ for _f in (
     Fidelity(
         "fast",
         TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
-        TrainConfig(epochs=1, subset=6000, batch_size=128, lr=0.01, schedule="cosine"),
-        TrainConfig(epochs=3, subset=10000, batch_size=128, lr=2e-3, optimizer="adam", weight_decay=0.0),
+        TrainConfig(steps=150, batch_size=64, lr=0.01, schedule="cosine"),
+        TrainConfig(steps=300, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0),
         test_limit=2000,
         bits_limit=500,
     ),

@@ -30,6 +30,8 @@ class CodecSpec:
     """Channels after the encoder's conv layer (None: no conv reduction)."""
     dim: int | None = None
     """Dimension after the encoder's FC layer (None: no FC reduction)."""
+    kernel: int = 3
+    """Kernel size of the encoder's conv layer (odd; the decoder mirrors it)."""
     bits: int = 2
     """Quantizer bits per symbol (L = 2**bits levels); for bottlenetpp the quantizer bits (8)."""
     snr_db: float | None = None
@@ -44,6 +46,8 @@ class CodecSpec:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"codec {name} must be ≥ 1, got {v}")
+        if self.kernel < 1 or self.kernel % 2 == 0:
+            raise ConfigError(f"codec kernel must be odd and ≥ 1, got {self.kernel}")
         if self.bits < 1:
             raise ConfigError(f"codec bits must be ≥ 1, got {self.bits}")
         if self.flip_p is not None and not 0 <= self.flip_p < 0.5:

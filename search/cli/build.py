@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -52,8 +53,8 @@ def build(
                      if s.index == point.index)  # fmt: skip
         cspec = codec_for_ratio(shape, ratio, bits, codec)
     else:
-        cspec = CodecSpec(codec, channels, dim, bits)
-    cspec = CodecSpec(cspec.kind, cspec.channels, cspec.dim, cspec.bits, snr, p)
+        cspec = CodecSpec(codec, channels=channels, dim=dim, bits=bits)
+    cspec = replace(cspec, snr_db=snr, flip_p=p)
     spec = VariantSpec(
         model, name, point.name, file_sha256(weights) if weights else None, sparsity, schedule, pruning,
         activation_sparsity, cspec, fidelity, seed,
