@@ -215,6 +215,12 @@ class Builder:
         )
         return BuiltVariant(spec, pruned, codec, data, m)
 
+    def artifacts(self, spec: VariantSpec) -> dict[str, Path]:
+        """The export artifacts saved for ``spec`` (``device``, ``codec``, ``spec``), those that exist."""
+        folder = self.cache / "variants" / spec.key
+        files = {"spec": folder / "spec.json", "device": folder / "device.pt", "codec": folder / "codec.pt"}
+        return {k: v for k, v in files.items() if v.is_file()}
+
     def measure(self, spec: VariantSpec) -> Measurement:
         """The Measurement of ``spec``: from the disk cache when present, else built (and cached)."""
         self._check_weights(spec)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from coinference.variant import Measurement, VariantSpec
@@ -67,6 +68,7 @@ class CachedEvaluator:
         evaluate: builds and measures a spec (a real builder, or a toy in tests).
         run: the run name recorded with each new result.
         on_outcome: called with every :class:`Outcome` (progress bars, logs).
+        artifacts: files saved for a built spec (name → path), recorded with its result for export.
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class CachedEvaluator:
         evaluate: Evaluate | None,
         run: str,
         on_outcome: Callable[[Outcome], None] | None = None,
+        artifacts: Callable[[VariantSpec], dict[str, Path]] | None = None,
     ) -> None:
         self.table = table
+        self.artifacts = artifacts
         self.evaluate = evaluate
         self.run = run
         self.on_outcome = on_outcome
@@ -110,7 +114,8 @@ class CachedEvaluator:
         if hit is not None:
             return self._emit(hit)
         if measurement is not None:
-            self.table.record_ok(spec, measurement, self.run)
+            files = self.artifacts(spec) if self.artifacts is not None else None
+            self.table.record_ok(spec, measurement, self.run, artifacts=files or None)
             out = Outcome(spec, "ok", measurement, None, False, self.run)
         else:
             self.table.record_failure(spec, error or "unknown error", self.run)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from coinference.errors import ConfigError
+from coinference.variant import VariantSpec
 from coinference.zoo import DEFAULT_MODEL, MODELS, file_sha256
 from search.evaluator import CachedEvaluator, Evaluate, Outcome, Table
 from search.searchers import SEARCHERS, SearchContext, SearchOptions
@@ -79,14 +80,15 @@ class SearchResult:
     """The :class:`search.report.Report` (front, choices, files)."""
 
 
-def default_evaluator(cfg: SearchConfig) -> Evaluate:
-    """The real builder (``coinference.build.Builder.measure``: one builder per run, so the base model and
-    pruned device parts are shared between variants) with the run's weights, data and cache folder."""
+def default_evaluator(cfg: SearchConfig) -> tuple[Evaluate, Callable[[VariantSpec], dict[str, Path]]]:
+    """The real builder (``coinference.build.Builder``: one builder per run, so the base model and pruned device
+    parts are shared between variants) with the run's weights, data and cache folder: (measure, artifacts)."""
     try:
         from coinference.build import Builder
     except ImportError as e:
         raise ConfigError(f"the variant builder (coinference.build) is not available: {e}") from None
-    return Builder(cfg.weights, cfg.data_dir, (cfg.run_dir / "cache").resolve()).measure
+    builder = Builder(cfg.weights, cfg.data_dir, (cfg.run_dir / "cache").resolve())
+    return builder.measure, builder.artifacts
 
 
 def make_space(cfg: SearchConfig) -> SearchSpace:
@@ -149,7 +151,10 @@ def run_search(
     table = table or open_run_table(cfg)
     t0 = time.perf_counter()
     try:
-        ev = CachedEvaluator(table, evaluate or default_evaluator(cfg), cfg.name, on_outcome)
+        artifacts = None
+        if evaluate is None:
+            evaluate, artifacts = default_evaluator(cfg)
+        ev = CachedEvaluator(table, evaluate, cfg.name, on_outcome, artifacts)
         ctx = SearchContext(space, ev, cfg.trials, run_dir, cfg.resume, cfg.seed, cfg.accuracy_floor, cfg.options)
         (run_dir / "config.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=1, default=str))
         searcher.run(ctx)
