@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: install
-	$(BIN)/coinfer profile
+	$(BIN)/coinfer search
 
 test: install
 	$(BIN)/python -m pytest -q -n 2 tests

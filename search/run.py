@@ -26,7 +26,7 @@ class SearchConfig:
 
     searcher: str = "optuna"
     """grid, random, optuna, ray or ppo."""
-    trials: int = 16
+    trials: int = 12
     """Budget: distinct variants the run finishes (built, or found in the table)."""
     model: str = DEFAULT_MODEL
     """Zoo model."""

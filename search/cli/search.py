@@ -34,7 +34,7 @@ def load_evaluator(path: str) -> Evaluate:
 @app.command()
 def search(
     searcher: Annotated[str, typer.Option(help=f"Searcher: {', '.join(SEARCHERS.names())}.")] = "optuna",
-    trials: Annotated[int, typer.Option(min=1, help="Distinct variants this run finishes (its budget).")] = 16,
+    trials: Annotated[int, typer.Option(min=1, help="Distinct variants this run finishes (its budget).")] = 12,
     model: ModelOpt = DEFAULT_MODEL,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
