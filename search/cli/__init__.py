@@ -23,7 +23,7 @@ def _root() -> None:
 
 
 # Command modules register themselves on `app` when imported.
-from search.cli import base, profile  # noqa: E402,F401
+from search.cli import base, build, profile  # noqa: E402,F401
 from search.cli import pareto  # noqa: E402,F401
 from search.cli import query  # noqa: E402,F401
 from search.cli import export  # noqa: E402,F401
