@@ -20,7 +20,7 @@ N, K = 6, 3
 def _ok_rows(db: Path) -> int:
     try:
         with sqlite3.connect(db) as c:
-            return int(c.execute("select count(*) from variants").fetchone()[0])
+            return int(c.execute("select count(*) from variants where status = 'ok'").fetchone()[0])
     except sqlite3.Error:
         return 0
 
