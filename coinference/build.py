@@ -188,7 +188,12 @@ class Builder:
         _, data = self.base(spec)
         pruned = self.prune(spec, fid)
         server_in = nn.Sequential(Expand(pruned.kept_channels, pruned.feature_shape[0]), pruned.tail)
-        codec = train_codec(pruned.head, server_in, data, codec_config(spec), replace(fid.codec, seed=spec.seed))
+        ccfg = codec_config(spec)
+        sent = len(pruned.kept_channels)
+        if ccfg.channels is not None and len(pruned.feature_shape) == 3 and ccfg.channels > sent:
+            # pruning already left fewer channels than the codec's conv keeps: the conv keeps them all
+            ccfg = replace(ccfg, channels=sent)
+        codec = train_codec(pruned.head, server_in, data, ccfg, replace(fid.codec, seed=spec.seed))
         test = data if fid.test_limit is None else replace(
             data, test_x=data.test_x[: fid.test_limit], test_y=data.test_y[: fid.test_limit]
         )  # fmt: skip

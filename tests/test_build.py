@@ -84,3 +84,11 @@ def test_bad_specs(cache: Path, tmp_path: Path) -> None:
     w.write_bytes(b"x")
     with pytest.raises(ConfigError, match="spec wants base weights None"):
         build_and_measure(SPEC, weights=w, cache_dir=cache)
+
+
+def test_codec_channels_capped_by_pruned_feature(cache: Path) -> None:
+    """block1 of tiny-cnn has 8 channels; at sparsity 0.5 only 4 are sent, so a 6-channel conv keeps 4."""
+    spec = SPEC.with_(codec={"channels": 6})
+    built = Builder(cache_dir=cache).build(spec)
+    assert len(built.pruned.kept_channels) == 4
+    assert built.codec.codec.cfg.channels == 4
