@@ -18,18 +18,9 @@ from coinference.variant import CodecSpec, Measurement, VariantSpec
 from coinference.zoo import SplittableModel
 
 
-def _limit(data: ImageData, test_limit: int | None) -> ImageData:
-    if test_limit is None or test_limit >= len(data.test_x):
-        return data
-    return ImageData(
-        data.name, data.train_x, data.train_y, data.test_x[:test_limit], data.test_y[:test_limit],
-        data.mean, data.std, data.classes,
-    )  # fmt: skip
-
-
 def on_device_only(model: SplittableModel, data: ImageData, test_limit: int | None = None) -> Measurement:
     """The whole model on the device; only the predicted class index (ceil(log2 classes) bits) is sent."""
-    d = _limit(data, test_limit)
+    d = data.first_test(test_limit)
     cost = module_cost(model, d.input_shape)
     bits = max(1, math.ceil(math.log2(d.num_classes)))
     return Measurement(
@@ -44,7 +35,7 @@ def server_png(
 ) -> Measurement:
     """The device sends the PNG-compressed image (lossless, so accuracy is the base model's); the server runs
     the whole model. Bits are the PNG sizes at batch 1 (mean, max) over ``bits_limit`` test images."""
-    d = _limit(data, test_limit)
+    d = data.first_test(test_limit)
     sizes = png_sizes(d.test_x[:bits_limit], sample=None)
     cost = module_cost(model, d.input_shape)
     return Measurement(

@@ -194,9 +194,7 @@ class Builder:
             # pruning already left fewer channels than the codec's conv keeps: the conv keeps them all
             ccfg = replace(ccfg, channels=sent)
         codec = train_codec(pruned.head, server_in, data, ccfg, replace(fid.codec, seed=spec.seed))
-        test = data if fid.test_limit is None else replace(
-            data, test_x=data.test_x[: fid.test_limit], test_y=data.test_y[: fid.test_limit]
-        )  # fmt: skip
+        test = data.first_test(fid.test_limit)
         ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)
         head_cost = module_cost(nn.Sequential(pruned.head, codec.encoder), pruned.input_shape)
         tail_macs = module_cost(pruned.tail, pruned.feature_shape).macs

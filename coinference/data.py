@@ -12,7 +12,7 @@ import pickle
 import tarfile
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,12 @@ class ImageData:
         mean = torch.tensor(self.mean, dtype=torch.float32).view(1, -1, 1, 1)
         std = torch.tensor(self.std, dtype=torch.float32).view(1, -1, 1, 1)
         return (x.float() / 255.0 - mean) / std
+
+    def first_test(self, n: int | None) -> ImageData:
+        """The same data with only the first ``n`` test images (None or n ≥ N: unchanged)."""
+        if n is None or n >= len(self.test_x):
+            return self
+        return replace(self, test_x=self.test_x[:n], test_y=self.test_y[:n])
 
     def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageData:
         """The same images with another normalisation (e.g. the one a pretrained checkpoint was trained with)."""

@@ -141,7 +141,7 @@ def two_step_prune(
     f0 = sum(g.channels for g in tr.groups)
     per_round = math.ceil(f0 / cfg.divisor)
     floor_alive = math.ceil(cfg.min_remaining * f0)
-    val = replace(data, test_x=data.test_x[: cfg.eval_images], test_y=data.test_y[: cfg.eval_images])
+    val = data.first_test(cfg.eval_images)
     gen = torch.Generator().manual_seed(cfg.round_train.seed)
     batches = training_batches(data, cfg.round_train, gen)
     rank_batches = [next(batches) for _ in range(cfg.taylor_batches)]
