@@ -157,6 +157,8 @@ def run_search(
         ev = CachedEvaluator(table, evaluate, cfg.name, on_outcome, artifacts)
         ctx = SearchContext(space, ev, cfg.trials, run_dir, cfg.resume, cfg.seed, cfg.accuracy_floor, cfg.options)
         (run_dir / "config.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=1, default=str))
+        if cfg.resume:
+            ctx.finish_interrupted()
         searcher.run(ctx)
         keys = tuple(ctx.ledger.order)
         failed = sum(1 for k in keys if ctx.ledger.done[k]["status"] == "failed")

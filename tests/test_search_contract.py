@@ -84,3 +84,29 @@ def test_budget_counts_distinct_specs_and_cache_hits_cost_nothing(tmp_path: Path
     assert sum(ev.calls.values()) == 8 and len(ctx.ledger.done) == 8
     assert all(row["cached"] for row in ctx.ledger.done.values())
     table.close()
+
+
+def test_resume_counts_a_result_the_kill_kept_out_of_the_ledger(tmp_path: Path) -> None:
+    # The table commits a result before its ledger line: a kill in between must not cost an extra build.
+    ev = CountingEvaluator()
+    table, first = run("random", {}, tmp_path, 3, ev)
+    lost = first.ledger.order[-1]
+    ledger = tmp_path / "run" / "evaluations.jsonl"
+    ledger.write_text("".join(line + "\n" for line in ledger.read_text().splitlines()[:-1]))
+    ctx = SearchContext(tiny_space(), CachedEvaluator(table, ev, run="t"), 6, tmp_path / "run", resume=True)
+    assert lost in ctx.ledger.done and ctx.remaining() == 3
+    assert lost in ledger.read_text()  # written back, so a second resume agrees
+    table.close()
+
+
+def test_resume_builds_first_the_spec_left_running(tmp_path: Path) -> None:
+    ev = CountingEvaluator()
+    table, first = run("random", {}, tmp_path, 2, ev)
+    space = tiny_space()
+    left = next(spec for _, spec in space.grid() if spec.key not in first.ledger.done)
+    table.mark_running(left, "t")  # the build a kill interrupted
+    ctx = SearchContext(space, CachedEvaluator(table, ev, run="t"), 4, tmp_path / "run", resume=True)
+    [out] = ctx.finish_interrupted()
+    assert out.spec.key == left.key and out.ok and not out.cached and ev.calls[left.key] == 1
+    assert table.get(left.key).status == "ok" and ctx.remaining() == 1
+    table.close()

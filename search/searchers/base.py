@@ -5,7 +5,8 @@ A searcher proposes cells of a :class:`~search.space.SearchSpace` and measures t
 way. The budget is ``trials`` distinct specs *finished by this run* (built, or answered from the table); a
 proposal the run already has costs nothing, so samplers that repeat themselves still get ``trials`` distinct
 variants. The run's ledger (``runs/<name>/evaluations.jsonl``) remembers which specs those are, so a search
-killed at any point resumes where it stopped.
+killed at any point resumes where it stopped: a result the table has but the ledger missed counts, and the spec
+that was in flight is built first (:meth:`SearchContext.finish_interrupted`).
 """
 
 from __future__ import annotations
@@ -112,6 +113,19 @@ class SearchContext:
 
     def __post_init__(self) -> None:
         self.ledger = Ledger(self.run_dir / "evaluations.jsonl" if self.run_dir else None, self.resume)
+        if self.resume:
+            self._adopt_unledgered()
+
+    def _adopt_unledgered(self) -> None:
+        """Add to the ledger the specs this run finished in the table but not in the ledger.
+
+        The table commits a result before the ledger line is written; a kill between the two would otherwise
+        leave a built variant outside the budget, and the resumed run would build one spec too many.
+        """
+        for rec in self.evaluator.table.variants(run=self.name):
+            if rec.status in ("ok", "failed") and rec.key not in self.ledger.done:
+                out = Outcome(rec.spec, rec.status, rec.measurement, rec.error, False, rec.run)
+                self.ledger.add(out, None)
 
     @property
     def name(self) -> str:
@@ -124,6 +138,19 @@ class SearchContext:
     def seen(self, spec: VariantSpec) -> bool:
         """True when this run already finished ``spec``."""
         return spec.key in self.ledger.done
+
+    def finish_interrupted(self) -> list[Outcome]:
+        """Build first the specs this run left ``running`` (in flight when it was killed), within the budget.
+
+        A resumed searcher need not propose them again (a sampler's state moved on), so without this step a
+        variant would stay ``running`` in the table for good.
+        """
+        outs = []
+        for rec in self.evaluator.table.variants(status="running", run=self.name):
+            if self.remaining() <= 0:
+                break
+            outs.append(self.evaluate(rec.spec))
+        return outs
 
     def evaluate(self, spec: VariantSpec, cell: Sequence[int] | None = None) -> Outcome:
         """Measure ``spec`` through the cache and add it to the run's ledger."""

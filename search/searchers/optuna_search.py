@@ -70,9 +70,12 @@ def open_study(ctx: SearchContext, sampler: Any) -> Any:
     study = optuna.create_study(
         study_name=ctx.name, storage=storage, sampler=sampler, directions=DIRECTIONS, load_if_exists=ctx.resume
     )
-    # A trial left RUNNING by a killed search will never be told: close it so samplers ignore it.
+    # A trial left RUNNING by a killed search will never be told: close it so samplers ignore it, and ask its
+    # cell again first, so the study learns the value the resumed run finished for it.
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        if t.params:
+            study.enqueue_trial(t.params)
     return study
 
 
