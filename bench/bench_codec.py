@@ -40,6 +40,7 @@ SETTINGS: list[tuple[str, str, CodecConfig]] = [
     ("layer1.2", "sq c8 s4 2b +tail", CodecConfig("sq", channels=8, stride=4, bits=2, finetune_tail=True)),
     ("layer1.2", "sq c4 s4 2b +tail", CodecConfig("sq", channels=4, stride=4, bits=2, finetune_tail=True)),
     ("layer1.2", "sq c6 s4 2b +tail", CodecConfig("sq", channels=6, stride=4, bits=2, finetune_tail=True)),
+    ("layer1.2", "sq c7 s4 2b +tail", CodecConfig("sq", channels=7, stride=4, bits=2, finetune_tail=True)),
     ("layer1.2", "bottlenet++ c8 s4", CodecConfig("bottlenetpp", channels=8, stride=4)),
     ("layer2.2", "sq c8 s2 2b", CodecConfig("sq", channels=8, stride=2, bits=2)),
     ("layer2.2", "sq c4 s2 2b", CodecConfig("sq", channels=4, stride=2, bits=2)),

@@ -89,7 +89,8 @@ def synthetic_measurement(spec: VariantSpec, space: SearchSpace, prof: dict) -> 
     if len(shape) == 3:
         ch, h, w = shape
         ch_out = c.channels or ch
-        enc = ch * ch_out * h * w + (ch_out * h * w * c.dim if c.dim else 0)
+        h, w, k = h // c.stride, w // c.stride, (c.stride if c.stride > 1 else c.kernel)
+        enc = ch * ch_out * k * k * h * w + (ch_out * h * w * c.dim if c.dim else 0)
         symbols = c.dim or ch_out * h * w
     else:
         enc = shape[0] * (c.dim or shape[0])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ def codec_config(spec: VariantSpec) -> CodecConfig:
     """The codec configuration of a spec (kind, sizes, bits, channel levels)."""
     c = spec.codec
     kw: dict[str, Any] = {"kind": c.kind, "channels": c.channels, "dim": c.dim, "bits": c.bits, "kernel": c.kernel}
+    kw["stride"] = c.stride
     if c.kind == "huffman":
         kw.update(channels=None, dim=None, bits=8)
     if c.snr_db is not None:
@@ -189,6 +190,8 @@ class Builder:
         pruned = self.prune(spec, fid)
         server_in = nn.Sequential(Expand(pruned.kept_channels, pruned.feature_shape[0]), pruned.tail)
         ccfg = codec_config(spec)
+        if fid.codec_tail and ccfg.kind not in ("none", "huffman"):
+            ccfg = replace(ccfg, finetune_tail=True)
         sent = len(pruned.kept_channels)
         if ccfg.channels is not None and len(pruned.feature_shape) == 3 and ccfg.channels > sent:
             # pruning already left fewer channels than the codec's conv keeps: the conv keeps them all
@@ -227,7 +230,8 @@ class Builder:
     def measure(self, spec: VariantSpec) -> Measurement:
         """The Measurement of ``spec``: from the disk cache when present, else built (and cached)."""
         self._check_weights(spec)
-        path = self.cache / "measurements" / f"{spec.key}.json"
+        # the preset's budgets are part of the cache key: a changed preset never answers with stale results
+        path = self.cache / "measurements" / f"{spec.key}-{_digest(asdict(self.fidelity(spec)))[:12]}.json"
         if path.is_file():
             return Measurement.from_dict(json.loads(path.read_text()))
         built = self.build(spec)

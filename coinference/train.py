@@ -10,6 +10,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -128,22 +129,32 @@ def training_batches(
 
 
 def make_optimizer(
-    params: Iterable[nn.Parameter], cfg: TrainConfig, total_steps: int
+    params: Iterable[nn.Parameter | dict[str, Any]], cfg: TrainConfig, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
-    """(optimizer, lr scheduler) for ``cfg`` over ``total_steps`` steps."""
-    trainable = [p for p in params if p.requires_grad]
-    if not trainable:
+    """(optimizer, lr scheduler) for ``cfg`` over ``total_steps`` steps.
+
+    ``params`` are parameters, or parameter groups (dicts with ``params`` and an optional ``lr_scale``, the group's
+    learning rate as a multiple of ``cfg.lr``)."""
+    groups = []
+    for item in params:
+        g = dict(item) if isinstance(item, dict) else {"params": [item]}
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+        g["lr"] = cfg.lr * float(g.pop("lr_scale", 1.0))
+        if g["params"]:
+            groups.append(g)
+    if not groups:
         raise ConfigError("nothing to train: no parameter requires grad")
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            trainable, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     else:
-        opt = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.schedule == "cosine":
         sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, total_steps)
     elif cfg.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=total_steps, pct_start=0.15)
+        max_lr = [g["lr"] for g in opt.param_groups]
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr, total_steps=total_steps, pct_start=0.15)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     return opt, sched
@@ -157,7 +168,7 @@ def fit(
     data: ImageData,
     cfg: TrainConfig,
     *,
-    params: Iterable[nn.Parameter] | None = None,
+    params: Iterable[nn.Parameter | dict[str, Any]] | None = None,
     forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
     loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     hooks: StepHooks | None = None,
@@ -170,7 +181,8 @@ def fit(
         model: the module whose parameters are trained (put in train mode unless ``train_mode`` is given).
         data: training data.
         cfg: budget, optimizer and schedule.
-        params: parameters to optimise (default: all of ``model``'s that require grad).
+        params: parameters or parameter groups to optimise (default: all of ``model``'s that require grad; see
+            :func:`make_optimizer`).
         forward: maps a normalised batch to logits (default: ``model``); lets a phase train a composite.
         loss_fn: ``loss_fn(logits, labels, inputs)`` (default: cross-entropy).
         hooks: callbacks around each step.

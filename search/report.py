@@ -97,7 +97,7 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
         m, s = r.measurement, r.spec
         assert m is not None
         lines.append(
-            f"| `{r.key[:12]}` | {s.split} | {s.sparsity:.2f} | {_codec(s)} | {m.accuracy:.4f} | "
+            f"| `{r.key[:12]}` | {s.split} | {s.sparsity:.2f} | {s.codec.label} | {m.accuracy:.4f} | "
             f"{m.device_macs:,} | {m.bits_mean + m.header_bits:,.0f} | {m.device_memory_bytes:,} |"
         )
     lines += ["", f"## Chosen variant per bandwidth (device `{cfg.device}`, server `rtx2080ti`)", ""]
@@ -109,7 +109,7 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
         s, m = c.record.spec, c.record.measurement
         lines.append(
             f"| {_rate(c.bandwidth_bytes_per_s)} | `{c.record.key[:12]}` | {s.split} | {s.sparsity:.2f} | "
-            f"{_codec(s)} | {m.accuracy:.4f} | {(c.latency_s or 0.0) * 1e3:.3f} ms |"
+            f"{s.codec.label} | {m.accuracy:.4f} | {(c.latency_s or 0.0) * 1e3:.3f} ms |"
         )
     if failed:
         lines += ["", "## Failed variants", ""]
@@ -119,11 +119,6 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
     md = run_dir / "report.md"
     md.write_text("\n".join(lines) + "\n")
     return Report(records, front, floor, cfg.device, choices, plot, md)
-
-
-def _codec(s: Any) -> str:
-    c = s.codec
-    return f"{c.kind} c={c.channels} d={c.dim} {c.bits}b"
 
 
 def _rate(bw: float) -> str:
@@ -143,7 +138,7 @@ def render(rep: Report, console: Console) -> None:
             r.key[:12],
             r.spec.split,
             f"{r.spec.sparsity:.2f}",
-            _codec(r.spec),
+            r.spec.codec.label,
             f"{m.accuracy:.4f}",
             f"{m.device_macs:,}",
             f"{m.bits_mean + m.header_bits:,.0f}",
@@ -163,7 +158,7 @@ def render(rep: Report, console: Console) -> None:
             ch.record.key[:12],
             s.split,
             f"{s.sparsity:.2f}",
-            _codec(s),
+            s.codec.label,
             f"{m.accuracy:.4f}",
             f"{(ch.latency_s or 0) * 1e3:.3f} ms",
         )

@@ -31,14 +31,19 @@ OPTIMUM = {"split": "block1", "sparsity": 0.5, "ratio": 64.0}
 """The toy's only Pareto-optimal cell: best accuracy, fewest MACs and fewest bits at once."""
 
 
+def toy_symbols(spec: VariantSpec) -> int:
+    """Symbols sent for the toy's 8×8 features: FC dim, else channels × positions left by the stride."""
+    c = spec.codec
+    return c.dim or (c.channels or 8) * (8 // c.stride) ** 2
+
+
 def toy_measure(spec: VariantSpec) -> Measurement:
     """Deterministic: the optimum dominates every other variant on all three objectives."""
-    best = spec.split == "block1" and spec.sparsity == 0.5 and (spec.codec.channels or 99) <= 2
+    best = spec.split == "block1" and spec.sparsity == 0.5 and toy_symbols(spec) <= 128  # ratio 64 (not 32)
     depth = 1 if spec.split == "stem" else 2
     acc = 0.95 if best else 0.6 + 0.05 * depth + 0.1 * spec.sparsity
     macs = 1_000 if best else 10_000 * depth + int(5_000 * (1 - spec.sparsity))
-    symbols = (spec.codec.channels or 1) * 64
-    bits = 8.0 if best else float(symbols * spec.codec.bits)
+    bits = 8.0 if best else float(toy_symbols(spec) * spec.codec.bits)
     return Measurement(
         accuracy=acc,
         device_macs=macs,

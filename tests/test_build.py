@@ -30,7 +30,8 @@ def test_build_measures_and_caches(cache: Path, monkeypatch: pytest.MonkeyPatch)
     assert m.device_macs > m.encoder_macs > 0 and m.server_macs > m.decoder_macs > 0
     assert m.bits_mean > 0 and m.bits_max >= m.bits_mean and m.header_bits > 0
     assert m.device_param_bytes > 0 and m.device_peak_activation_bytes > 0
-    stored = json.loads((cache / "measurements" / f"{SPEC.key}.json").read_text())
+    [path] = (cache / "measurements").glob(f"{SPEC.key}-*.json")
+    stored = json.loads(path.read_text())
     assert Measurement.from_dict(stored) == m
 
     def boom(*a, **k):
@@ -92,3 +93,37 @@ def test_codec_channels_capped_by_pruned_feature(cache: Path) -> None:
     built = Builder(cache_dir=cache).build(spec)
     assert len(built.pruned.kept_channels) == 4
     assert built.codec.codec.cfg.channels == 4
+
+
+def test_changed_preset_is_not_answered_from_the_cache(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    build_and_measure(SPEC, cache_dir=cache)
+    smoke = FIDELITIES.get(SPEC.fidelity)
+    longer = replace(smoke, codec=replace(smoke.codec, steps=smoke.codec.steps + 1))
+    calls: list[int] = []
+    real = build.train_codec
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(build, "train_codec", counting)
+    Builder(cache_dir=cache, fidelities={SPEC.fidelity: longer}).measure(SPEC)
+    assert calls == [1]
+
+
+def test_strided_codec_with_tail_fine_tuning_builds_and_reloads(cache: Path) -> None:
+    # a fidelity that fine-tunes the tail: the saved tail differs from the base's and reloads with the codec
+    smoke = FIDELITIES.get("smoke")
+    spec = SPEC.with_(codec={"channels": 2, "stride": 2})
+    b = Builder(cache_dir=cache / "strided", fidelities={"smoke": replace(smoke, codec_tail=True)})
+    built = b.build(spec)
+    assert built.codec.config.stride == 2 and built.codec.config.finetune_tail
+    assert built.codec.codec.latent_shape[-2:] == (4, 4)  # 8×8 feature, stride 2
+    base_tail = {f"1.{k}": v for k, v in built.pruned.tail.state_dict().items()}  # server = (expand, tail)
+    tuned = built.codec.tail.state_dict()
+    assert any(not torch.equal(tuned[k], base_tail[k]) for k in base_tail if tuned[k].is_floating_point())
+    paths = build.save_variant(built, cache / "strided-artifact")
+    codec, tail_state = load_codec(paths["codec"])
+    assert codec.cfg.stride == 2
+    for k, v in tuned.items():
+        torch.testing.assert_close(tail_state[k], v)

@@ -49,3 +49,20 @@ def test_augment_crop_keeps_shape_and_content() -> None:
     y = augment_batch(x, "crop-flip", g)
     assert y.shape == x.shape
     assert torch.equal(augment_batch(x, "none", g), x)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
+def test_parameter_groups_scale_the_learning_rate(schedule: str) -> None:
+    from coinference.train import make_optimizer
+
+    a, b, frozen = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    frozen.requires_grad_(False)
+    cfg = TrainConfig(steps=10, lr=0.1, schedule=schedule)
+    groups = [{"params": list(a.parameters())}, {"params": list(b.parameters()), "lr_scale": 0.3}]
+    opt, sched = make_optimizer([*groups, {"params": list(frozen.parameters())}], cfg, 10)
+    assert len(opt.param_groups) == 2  # a group with nothing to train is dropped
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    lr_a, lr_b = (g["lr"] for g in opt.param_groups)
+    assert lr_b == pytest.approx(0.3 * lr_a) and lr_a > 0

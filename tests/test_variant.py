@@ -64,16 +64,23 @@ def test_measurement_round_trip() -> None:
 @pytest.mark.parametrize(
     ("shape", "ratio", "bits", "expect"),
     [
-        ((64, 8, 8), 64, 2, CodecSpec(channels=16)),
-        ((64, 8, 8), 2048, 2, CodecSpec(channels=1, dim=32)),
+        ((64, 8, 8), 64, 2, CodecSpec(channels=64, stride=2)),  # spatial cut first: stride 2 keeps all channels
+        ((64, 8, 8), 256, 2, CodecSpec(channels=64, stride=4)),
+        ((64, 8, 8), 2048, 2, CodecSpec(channels=8, stride=4)),
+        ((4, 8, 8), 2048, 2, CodecSpec(channels=1, dim=2, stride=4)),  # fewer symbols than positions: FC
+        ((16, 32, 32), 512, 2, CodecSpec(channels=8, stride=4)),
         ((64,), 32, 2, CodecSpec(dim=32)),
-        ((16, 4, 4), 20, 2, CodecSpec(channels=13, dim=205)),
+        ((16, 4, 4), 20, 2, CodecSpec(channels=13, dim=205)),  # no stride fits 205 symbols in 16 channels
+        ((8, 6, 6), 16, 2, CodecSpec(channels=8)),  # 6 is not divisible by 4, and stride 2 needs 32 > 8 channels
     ],
 )
 def test_codec_for_ratio(shape, ratio, bits, expect) -> None:
     c = codec_for_ratio(shape, ratio, bits)
     assert c == expect
-    nominal = (c.dim or (c.channels or shape[0]) * (shape[1] * shape[2] if len(shape) == 3 else 1)) * bits
+    if c.dim is not None:
+        nominal = c.dim * bits
+    else:
+        nominal = (c.channels or shape[0]) * (shape[1] // c.stride) * (shape[2] // c.stride) * bits
     raw = 32
     for d in shape:
         raw *= d
@@ -85,3 +92,11 @@ def test_codec_for_ratio_errors() -> None:
         codec_for_ratio((8, 4, 4), 0.5)
     with pytest.raises(ConfigError, match="more than the feature's"):
         codec_for_ratio((8, 4, 4), 2, bits=8)
+
+
+def test_a_later_field_at_its_default_leaves_the_key_unchanged() -> None:
+    # format-1 specs (before codec stride existed) keep their keys; a stride other than 1 is part of the key
+    assert "stride" not in SPEC.to_json()
+    strided = SPEC.with_(codec={"stride": 2})
+    assert '"stride":2' in strided.to_json() and strided.key != SPEC.key
+    assert VariantSpec.from_json(strided.to_json()) == strided and VariantSpec.from_json(SPEC.to_json()) == SPEC

@@ -73,6 +73,8 @@ class CodecConfig:
     """Weight of the commitment loss (sq, vq); the codebook loss has weight 1."""
     finetune_tail: bool = False
     """Also train the server tail end to end (the device head always stays frozen, BN statistics included)."""
+    tail_lr: float = 0.3
+    """Learning rate of a fine-tuned tail as a multiple of the codec's (a pretrained tail needs smaller steps)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -101,6 +103,8 @@ class CodecConfig:
         check_p(phi, "training p")
         if lo > hi or plo > phi:
             raise ConfigError(f"training ranges must be (low, high): snr {self.snr_train_db}, p {self.p_train}")
+        if not self.tail_lr > 0:
+            raise ConfigError(f"tail_lr must be > 0, got {self.tail_lr}")
         if not 0.0 <= self.warmup < 1.0 or not 0.0 <= self.distill <= 1.0 or min(self.commitment, self.recon) < 0:
             raise ConfigError(
                 f"need 0 <= warmup < 1, 0 <= distill <= 1, commitment >= 0, recon >= 0; "

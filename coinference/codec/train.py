@@ -14,6 +14,7 @@ import copy
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -300,7 +301,9 @@ def _train(
         head.eval()
         tail.train(finetune)
 
-    params = list(codec.parameters()) + (list(tail.parameters()) if finetune else [])
+    params: list[Any] = [{"params": list(codec.parameters())}]
+    if finetune:
+        params.append({"params": list(tail.parameters()), "lr_scale": ccfg.tail_lr})
     return fit(
         codec,
         data,

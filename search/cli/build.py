@@ -33,6 +33,9 @@ def build(
     ratio: Annotated[float | None, typer.Option(help="Compression ratio (raw float bits / sent bits).")] = None,
     channels: Annotated[int | None, typer.Option(help="Encoder conv channels (instead of --ratio).")] = None,
     dim: Annotated[int | None, typer.Option(help="Encoder FC dimension (instead of --ratio).")] = None,
+    stride: Annotated[
+        int, typer.Option(help="Encoder conv stride, a spatial cut by stride² (instead of --ratio).")
+    ] = 1,
     bits: Annotated[int, typer.Option(help="Quantizer bits per symbol.")] = 2,
     snr: Annotated[float | None, typer.Option(help="AWGN SNR in dB (jscc-awgn, bottlenetpp).")] = None,
     p: Annotated[float | None, typer.Option(help="BSC flip probability (jscc-bsc).")] = None,
@@ -53,7 +56,7 @@ def build(
                      if s.index == point.index)  # fmt: skip
         cspec = codec_for_ratio(shape, ratio, bits, codec)
     else:
-        cspec = CodecSpec(codec, channels=channels, dim=dim, bits=bits)
+        cspec = CodecSpec(codec, channels=channels, dim=dim, bits=bits, stride=stride)
     cspec = replace(cspec, snr_db=snr, flip_p=p)
     spec = VariantSpec(
         model, name, point.name, file_sha256(weights) if weights else None, sparsity, schedule, pruning,
@@ -64,7 +67,7 @@ def build(
         typer.echo(json.dumps({"key": spec.key, "spec": spec.to_dict(), "measurement": m.to_dict()}, indent=2))
         return
     c = console()
-    c.print(f"variant {spec.key[:12]}: {model} split {point.name}, sparsity {sparsity}, codec {cspec}")
+    c.print(f"variant {spec.key[:12]}: {model} split {point.name}, sparsity {sparsity}, codec {cspec.label}")
     c.print(f"  accuracy        {100 * m.accuracy:.2f}%")
     c.print(f"  bits per image  {m.bits_mean:,.1f} mean, {m.bits_max:,} max (+ {m.header_bits} header bits)")
     c.print(f"  device MACs     {m.device_macs:,} (encoder {m.encoder_macs:,})")

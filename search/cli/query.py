@@ -20,7 +20,6 @@ from search.cli.table_options import (
     NameOpt,
     RttOpt,
     ServerOpt,
-    codec_label,
     fmt_count,
     link,
     profiles,
@@ -111,7 +110,7 @@ def query(
         assert m is not None
         lat = c.latency
         t.add_row(
-            str(i), c.record.key[:12], c.record.spec.split, f"{c.record.spec.sparsity:.2f}", codec_label(c.record.spec),
+            str(i), c.record.key[:12], c.record.spec.split, f"{c.record.spec.sparsity:.2f}", c.record.spec.codec.label,
             f"{m.accuracy:.4f}", fmt_count(m.device_macs), f"{m.bits_mean + m.header_bits:,.0f}",
             f"{lat.device_s * 1e3:,.3f}", f"{lat.transmit_s * 1e3:,.3f}", f"{lat.server_s * 1e3:,.3f}",
             f"{c.total_s * 1e3:,.3f}",

@@ -46,15 +46,3 @@ def fmt_count(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:,.2f} {unit}"
     return f"{x:,.0f}"
-
-
-def codec_label(rec_spec: object) -> str:
-    """Short codec description of a spec: kind, conv channels, FC dim, bits."""
-    c = rec_spec.codec  # type: ignore[attr-defined]
-    parts = [c.kind]
-    if c.channels is not None:
-        parts.append(f"c{c.channels}")
-    if c.dim is not None:
-        parts.append(f"d{c.dim}")
-    parts.append(f"{c.bits}b")
-    return "/".join(parts)
