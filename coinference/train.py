@@ -135,9 +135,9 @@ def make_optimizer(
 
     ``params`` are parameters, or parameter groups (dicts with ``params`` and an optional ``lr_scale``, the group's
     learning rate as a multiple of ``cfg.lr``)."""
-    groups = []
+    groups: list[dict[str, Any]] = []
     for item in params:
-        g = dict(item) if isinstance(item, dict) else {"params": [item]}
+        g: dict[str, Any] = dict(item) if isinstance(item, dict) else {"params": [item]}
         g["params"] = [p for p in g["params"] if p.requires_grad]
         g["lr"] = cfg.lr * float(g.pop("lr_scale", 1.0))
         if g["params"]:
