@@ -19,7 +19,7 @@ a fraction of the exhaustive table's, against one reference point for the whole 
   factor of 10 counts alike. This one separates the searchers and is the headline figure.
 
     .venv/bin/python bench/bench_search.py --synthetic-from-profile
-    .venv/bin/python bench/bench_search.py --table sqlite:///runs/grid/lookup.db
+    .venv/bin/python bench/bench_search.py --table sqlite:///runs/grid/lookup.db [--fidelity F --weights W]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from coinference.errors import ConfigError
 from coinference.variant import Measurement, VariantSpec
+from coinference.zoo import file_sha256
 from search.evaluator import CachedEvaluator
 from search.searchers import SEARCHERS, SearchContext, SearchOptions
 from search.space import SearchSpace
@@ -204,13 +205,15 @@ def main() -> None:
     src.add_argument("--synthetic-from-profile", action="store_true", help="derive the table from the profile")
     ap.add_argument("--model", default="resnet-digits")
     ap.add_argument("--fidelity", default="fast")
+    ap.add_argument("--weights", type=Path, default=None, help="base checkpoint the table's specs were built on")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--budget-fraction", type=float, default=0.10)
     ap.add_argument("--searchers", default=",".join(SEARCHERS_BENCHED))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
     a = ap.parse_args()
 
-    space = SearchSpace.for_model(a.model, fidelity=a.fidelity)
+    sha = file_sha256(a.weights) if a.weights is not None else None
+    space = SearchSpace.for_model(a.model, fidelity=a.fidelity, weights_sha256=sha)
     mode = "synthetic-from-profile" if a.synthetic_from_profile else f"measured table {a.table}"
     table = synthetic_table(space) if a.synthetic_from_profile else load_table(a.table)
     grid_keys = [s.key for _, s in space.grid()]
