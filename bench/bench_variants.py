@@ -32,6 +32,8 @@ from coinference.variant import CodecSpec, Measurement, VariantSpec, codec_for_r
 from coinference.zoo import file_sha256
 
 OURS = [  # (split, sparsity, compression ratio at 2 bits); codec_for_ratio turns the ratio into conv channels/stride
+    ("stem", 0.25, 16),
+    ("stem", 0.5, 16),
     ("stem", 0.5, 32),
     ("stem", 0.5, 64),
     ("layer1.2", 0.25, 64),

@@ -71,7 +71,8 @@ def test_measurement_round_trip() -> None:
         ((16, 32, 32), 512, 2, CodecSpec(channels=8, stride=4)),
         ((64,), 32, 2, CodecSpec(dim=32)),
         ((16, 4, 4), 20, 2, CodecSpec(channels=13, dim=205)),  # no stride fits 205 symbols in 16 channels
-        ((8, 6, 6), 16, 2, CodecSpec(channels=8)),  # 6 is not divisible by 4, and stride 2 needs 32 > 8 channels
+        ((8, 6, 6), 16, 2, CodecSpec()),  # stride 2 needs 32 > 8 channels: no conv, the whole feature quantized
+        ((8, 6, 6), 18, 2, CodecSpec(channels=8, dim=256)),
     ],
 )
 def test_codec_for_ratio(shape, ratio, bits, expect) -> None:
