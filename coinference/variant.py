@@ -221,13 +221,13 @@ def codec_for_ratio(feature_shape: tuple[int, ...], ratio: float, bits: int = 2,
 
     The nominal payload is ``symbols × bits`` with ``symbols = ceil(raw_bits / (ratio × bits))``. A spatial
     feature (C, H, W) is cut by the encoder conv: the largest stride s (a power of 2 up to
-    :data:`MAX_RATIO_STRIDE` dividing H and W) whose ``ceil(symbols / (H/s × W/s))`` channels are at most C, then
-    that many channels (no conv at all when that is the whole feature). Spatial reduction comes first because it keeps every channel's information where a
-    stride-1 conv down to one or two channels starves the server (measured on CIFAR-10: layer1.2 at 512
-    symbols, 8 channels at stride 4 reach 79 % where 1 channel at stride 1 stays near chance). An FC layer then
-    cuts the flattened dimension to exactly ``symbols`` when that is not a whole number of channels. A vector
-    feature (D,) uses the FC layer only. Entropy coding then makes the real bits smaller still; the measured
-    bits are what counts.
+    :data:`MAX_RATIO_STRIDE` dividing H and W) whose ``ceil(symbols / (H/s × W/s))`` channels are at most C,
+    then that many channels (no conv at all when that is the whole feature). Spatial reduction comes first
+    because it keeps every channel's information where a stride-1 conv down to one or two channels starves the
+    server (measured on CIFAR-10: layer1.2 at 512 symbols, 8 channels at stride 4 reach 79 % where 1 channel at
+    stride 1 stays near chance). An FC layer then cuts the flattened dimension to exactly ``symbols`` when that
+    is not a whole number of channels. A vector feature (D,) uses the FC layer only. Entropy coding then makes
+    the real bits smaller still; the measured bits are what counts.
 
     Raises:
         ConfigError: ratio < 1 or a payload larger than the raw feature.
