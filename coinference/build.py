@@ -85,6 +85,21 @@ def codec_config(spec: VariantSpec) -> CodecConfig:
     return CodecConfig(**kw)
 
 
+def fit_codec_to_pruned(ccfg: CodecConfig, feature_shape: tuple[int, ...], sent: int) -> CodecConfig:
+    """The codec for a split feature that pruning left with ``sent`` channels: a conv never keeps more channels
+    than are sent, and an FC layer that would keep as many values as it gets (or more) is dropped."""
+    if len(feature_shape) == 3:
+        if ccfg.channels is not None and ccfg.channels > sent:
+            ccfg = replace(ccfg, channels=sent)
+        _, h, w = feature_shape
+        values = (ccfg.channels or sent) * (h // ccfg.stride) * (w // ccfg.stride)
+    else:
+        values = sent
+    if ccfg.dim is not None and ccfg.dim >= values:
+        ccfg = replace(ccfg, dim=None)
+    return ccfg
+
+
 class Builder:
     """Builds variants with shared caches (in memory and on disk).
 
@@ -193,9 +208,7 @@ class Builder:
         if fid.codec_tail and ccfg.kind not in ("none", "huffman"):
             ccfg = replace(ccfg, finetune_tail=True)
         sent = len(pruned.kept_channels)
-        if ccfg.channels is not None and len(pruned.feature_shape) == 3 and ccfg.channels > sent:
-            # pruning already left fewer channels than the codec's conv keeps: the conv keeps them all
-            ccfg = replace(ccfg, channels=sent)
+        ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, sent)
         codec = train_codec(pruned.head, server_in, data, ccfg, replace(fid.codec, seed=spec.seed))
         test = data.first_test(fid.test_limit)
         ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)

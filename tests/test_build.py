@@ -9,6 +9,7 @@ import torch
 
 import coinference.build as build
 from coinference.build import Builder, build_and_measure, load_codec
+from coinference.codec import CodecConfig
 from coinference.errors import ConfigError, TrainingError
 from coinference.fidelity import FIDELITIES
 from coinference.prune import load_pruned
@@ -127,3 +128,16 @@ def test_strided_codec_with_tail_fine_tuning_builds_and_reloads(cache: Path) -> 
     assert codec.cfg.stride == 2
     for k, v in tuned.items():
         torch.testing.assert_close(tail_state[k], v)
+
+
+@pytest.mark.parametrize(
+    ("shape", "sent", "codec", "expect"),
+    [
+        ((32,), 3, CodecConfig("sq", dim=16), CodecConfig("sq")),  # FC to 16 of 3 pooled values: dropped
+        ((32,), 20, CodecConfig("sq", dim=16), CodecConfig("sq", dim=16)),
+        ((8, 4, 4), 2, CodecConfig("sq", channels=6, dim=40), CodecConfig("sq", channels=2)),  # 2 × 16 = 32 ≤ 40
+        ((8, 4, 4), 8, CodecConfig("sq", channels=6, stride=2, dim=8), CodecConfig("sq", channels=6, stride=2, dim=8)),
+    ],
+)
+def test_codec_fitted_to_the_pruned_feature(shape, sent, codec, expect) -> None:
+    assert build.fit_codec_to_pruned(codec, shape, sent) == expect
