@@ -141,3 +141,9 @@ def test_strided_codec_with_tail_fine_tuning_builds_and_reloads(cache: Path) -> 
 )
 def test_codec_fitted_to_the_pruned_feature(shape, sent, codec, expect) -> None:
     assert build.fit_codec_to_pruned(codec, shape, sent) == expect
+
+
+def test_codec_without_conv_or_fc_builds(cache: Path) -> None:
+    # the whole feature quantized: nothing to warm up, the quantizer trains from step 0 (used to raise in backward)
+    m = Builder(cache_dir=cache).measure(SPEC.with_(codec={"channels": None}))
+    assert m.bits_mean > 0 and m.encoder_macs == 0

@@ -269,7 +269,11 @@ def _train(
     else:
         batches = _live_batches(head, teacher, data, tcfg)
     total = tcfg.total_steps(len(data.train_x))
-    warm = int(ccfg.warmup * total)
+    # Warm-up trains the bottleneck (and tail) without quantization; with neither there is nothing to warm up
+    # (the loss would not depend on any trainable parameter), so quantization starts at step 0.
+    bottleneck = [p for m in (getattr(codec, "encoder", None), getattr(codec, "decoder", None)) if m is not None
+                  for p in m.parameters()]  # fmt: skip
+    warm = int(ccfg.warmup * total) if bottleneck or finetune else 0
     alpha, t = ccfg.distill, KD_TEMPERATURE
     recon: list[torch.Tensor] = [torch.zeros(())]
 
