@@ -1,0 +1,110 @@
+"""Does a CPU runtime turn pruning's MAC cut into speed? Shrunk vs dense ResNet-20 heads under four runtimes.
+
+The shrunk heads come from the target mask applied in one shot (latency does not depend on the weights' values,
+so no fine-tuning is needed here; ``bench_prune.py`` measures accuracy). For each split and sparsity, each runtime
+times the dense and the shrunk head alternately (one thread, median of interleaved runs) and reports
+speed-up ÷ MAC reduction — the figure issue 3 asks to be ≥ 0.7:
+
+* ``eager``: PyTorch eager (oneDNN convolutions), the default;
+* ``jit``: ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference`` on a trace (folds BN into the convs, fuses
+  conv + ReLU / add);
+* ``nhwc``: eager with channels-last tensors;
+* ``no-onednn``: eager with oneDNN disabled (PyTorch's own im2col + GEMM convolution).
+
+    .venv/bin/python bench/bench_prune_runtimes.py --data-dir ../shared/data/cifar10 \\
+        --weights ../shared/data/weights/resnet20-12fca82f.th
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench_prune import latency_pair
+
+from coinference.data import load_dataset
+from coinference.prune import PruneConfig, Schedule, device_cost, prune_device
+from coinference.zoo import MODELS, build_model, split_model
+
+
+def private_copy(m: nn.Module) -> nn.Module:
+    """A copy per runtime, so one runtime's conversion (channels-last, freezing) never leaks into the next."""
+    return copy.deepcopy(m).eval()
+
+
+def frozen(m: nn.Module, x: torch.Tensor) -> nn.Module:
+    m.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(m, x)
+    return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+
+
+Prepare = Callable[[nn.Module, torch.Tensor], tuple[nn.Module, torch.Tensor]]
+RUNTIMES: dict[str, tuple[Prepare, Callable[[], AbstractContextManager]]] = {
+    "eager": (lambda m, x: (m, x), nullcontext),
+    "jit": (lambda m, x: (frozen(m, x), x), nullcontext),
+    "nhwc": (
+        lambda m, x: (m.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)),
+        nullcontext,
+    ),
+    "no-onednn": (lambda m, x: (m, x), lambda: torch.backends.mkldnn.flags(enabled=False)),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--weights", required=True)
+    ap.add_argument("--splits", nargs="+", default=["layer1.2", "layer2.2"])
+    ap.add_argument("--sparsities", nargs="+", type=float, default=[0.25, 0.5, 0.75])
+    ap.add_argument("--runs-b1", type=int, default=200)
+    ap.add_argument("--runs-b64", type=int, default=30)
+    ap.add_argument("--out", default="runs/bench")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    info = MODELS.get("resnet20")
+    assert info.checkpoint_normalization is not None
+    data = load_dataset("cifar10", args.data_dir).with_normalization(*info.checkpoint_normalization)
+    net = build_model("resnet20", args.weights)
+    xs = {1: data.normalize(data.test_x[:1]), 64: data.normalize(data.test_x[:64])}
+    rows = []
+    print("| split | S | ÷ MACs | " + " | ".join(f"{r} b1 | {r} b64" for r in RUNTIMES) + " |")
+    print("|---|---:|---:|" + "---:|---:|" * len(RUNTIMES))
+    for split in args.splits:
+        dense, _ = split_model(net, split)
+        dense.eval()
+        d_macs, _ = device_cost(dense, data.input_shape)
+        for s in args.sparsities:
+            pd = prune_device(net, split, data, PruneConfig(s, 0.0, Schedule("cubic", iterations=4), None))
+            red = d_macs / pd.device_macs
+            row: dict = {"split": split, "sparsity": s, "mac_reduction": red}
+            for name, (prepare, context) in RUNTIMES.items():
+                for b, x in xs.items():
+                    a, xa = prepare(private_copy(dense), x)
+                    p, _ = prepare(private_copy(pd.head), x)
+                    with context():
+                        ta, tp = latency_pair(a, p, xa, args.runs_b1 if b == 1 else args.runs_b64)
+                    row[f"{name}_b{b}_ms"] = (1e3 * ta, 1e3 * tp)
+                    row[f"{name}_b{b}_ratio"] = ta / tp / red
+            rows.append(row)
+            cells = " | ".join(f"{row[f'{n}_b1_ratio']:.2f} | {row[f'{n}_b64_ratio']:.2f}" for n in RUNTIMES)
+            print(f"| {split} | {s:g} | {red:.2f} | {cells} |", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "prune-runtimes.json").write_text(json.dumps(rows, indent=1))
+    print(f"cells: speed-up ÷ MAC reduction (1 thread, medians); JSON: {out / 'prune-runtimes.json'}")
+
+
+if __name__ == "__main__":
+    main()
