@@ -13,9 +13,7 @@ from rich.table import Table as RichTable
 
 from coinference.latency import SERVERS, Link, device_profile
 from search.space import SearchSpace
-
-MARGIN = 0.02
-"""Default accuracy floor: best measured accuracy of the run − this (the base model's is not known here)."""
+from storage.query import default_floor
 
 
 @dataclass(frozen=True)
@@ -41,13 +39,6 @@ class Report:
     markdown: Path
 
 
-def _floor(records: Sequence[Any], floor: float | None) -> float | None:
-    if floor is not None:
-        return floor
-    accs = [r.measurement.accuracy for r in records if r.status == "ok" and r.measurement is not None]
-    return max(accs) - MARGIN if accs else None
-
-
 def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) -> Report:
     """Front, choices, plot and report.md of the specs ``keys`` (the run's ledger) in ``table``."""
     from storage.errors import StorageError
@@ -57,8 +48,9 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
 
     records = [r for r in (table.get(k) for k in keys) if r is not None]
     front = pareto_front(records)
-    floor = _floor(records, cfg.accuracy_floor)
     device = device_profile(cfg.device)
+    # the run's --accuracy-floor, else the best accuracy that fits the device − 0.02 (the base's is not known here)
+    floor = cfg.accuracy_floor if cfg.accuracy_floor is not None else default_floor(records, device)
     server = SERVERS.get("rtx2080ti")
     choices = []
     for bw in cfg.bandwidths:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from coinference.base import DEFAULT_MARGIN
 from coinference.latency import DeviceProfile, Latency, Link, ServerProfile, end_to_end, feasible
 from storage.errors import EmptyTableError, NoFeasibleVariantError
 from storage.pareto import measured
@@ -52,6 +53,19 @@ class QueryResult:
 
 def _fmt_bytes(n: float) -> str:
     return f"{n:,.0f} bytes"
+
+
+def default_floor(
+    records: Sequence[VariantRecord], device: DeviceProfile | None = None, margin: float = DEFAULT_MARGIN
+) -> float | None:
+    """Default accuracy floor of queries, exports and search reports: the best accuracy among the measured
+    variants that fit ``device`` (all of them when None) − ``margin``, the same margin as the variant threshold
+    below the base model; None when there is no such variant."""
+    accs = [
+        r.measurement.accuracy for r in measured(records)
+        if r.measurement is not None and (device is None or feasible(r.measurement, device))
+    ]  # fmt: skip
+    return max(accs) - margin if accs else None
 
 
 def candidates(

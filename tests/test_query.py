@@ -109,3 +109,13 @@ def test_bandwidth_table_switches_once() -> None:
         assert r.total_s == pytest.approx(query([LOCAL, SPLIT], Link(r.bandwidth_bytes_per_s), DEV, SRV).best.total_s)
     with pytest.raises(NoFeasibleVariantError):
         bandwidth_table([rec(1, 0.9, 10, 8, mem=5_000)], DEV, SRV)
+
+
+def test_default_floor_is_best_fitting_accuracy_minus_margin() -> None:
+    from storage.query import default_floor
+
+    big = rec(3, 0.99, 10, 8, mem=10_000)  # does not fit DEV's 1,000 bytes
+    failed = rec(4, 0.0, 0, 0, status="failed")
+    assert default_floor([LOCAL, SPLIT, big, failed]) == pytest.approx(0.97)
+    assert default_floor([LOCAL, SPLIT, big, failed], DEV) == pytest.approx(0.88)
+    assert default_floor([failed], DEV) is None and default_floor([big], DEV) is None

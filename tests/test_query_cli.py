@@ -128,3 +128,18 @@ def test_bad_inputs_exit_2_with_one_line(run_cli, db, tmp_path: Path) -> None:
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0], (args, err)
+
+
+def test_default_floor_keeps_a_fast_broken_variant_out(run_cli, db) -> None:
+    # best accuracy that fits rpi3 is 0.90 ("huge" at 0.95 does not fit), so the default floor is 0.88
+    url, keys = db
+    with open_table(url) as t:
+        broken = VariantSpec("tiny-cnn", "synthetic", "block1", seed=9)
+        t.record_ok(broken, Measurement(0.30, 1_000, 10, 8.0, 8), "r1")
+    code, out, err = run_cli("query", "--db", url, "-b", "40KB/s", "--json")
+    assert code == 0, err
+    assert broken.key not in [r["key"] for r in json.loads(out)["ranked"]]
+    code, out, _ = run_cli("query", "--db", url, "-b", "40KB/s", "--min-accuracy", "0", "--json")
+    assert code == 0 and json.loads(out)["ranked"][0]["key"] == broken.key  # 0: no floor
+    code, out, _ = run_cli("query", "--db", url, "-b", "40KB/s")
+    assert code == 0 and "accuracy ≥ 0.8800" in out

@@ -20,6 +20,7 @@ from search.cli.table_options import (
     NameOpt,
     RttOpt,
     ServerOpt,
+    accuracy_floor,
     link,
     profiles,
     read_table,
@@ -47,8 +48,12 @@ def export(
     dev, srv = profiles(device, server)
     lk = link(bandwidth, rtt)
     with read_table(db, name) as table:
-        res = run_query(table.variants(status="ok"), lk, dev, srv, min_accuracy, runners_up=0)
+        records = table.variants(status="ok")
+        floor = accuracy_floor(records, min_accuracy, dev)
+        res = run_query(records, lk, dev, srv, floor, runners_up=0)
         rec = res.best.record
+        assert rec.measurement is not None
+        best_acc = rec.measurement.accuracy
         data = load_dataset(rec.spec.dataset, data_dir)
         info = MODELS.get(rec.spec.model)
         if rec.spec.weights_sha256 is not None and info.checkpoint_normalization is not None:
@@ -60,7 +65,7 @@ def export(
                 "rtt_s": lk.rtt_s,
                 "device": dev.name,
                 "server": srv.name,
-                "accuracy_floor": min_accuracy,
+                "accuracy_floor": floor,
             },
             "predicted_latency_s": {
                 "device": lat.device_s,
@@ -80,7 +85,8 @@ def export(
     con = console()
     con.print(
         f"exported {rec.key[:12]} ({rec.spec.model} split {rec.spec.split}) for {fmt_rate(lk.bandwidth_bytes_per_s)} "
-        f"on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms"
+        f"on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms, accuracy {best_acc:.4f}"
+        + (f" (floor {floor:.4f})" if floor is not None else " (no accuracy floor)")
     )
     bits = f", {report.bits_mean:,.0f} payload bits/image" if report.bits_mean is not None else ""
     con.print(

@@ -20,6 +20,7 @@ from search.cli.table_options import (
     NameOpt,
     RttOpt,
     ServerOpt,
+    accuracy_floor,
     fmt_count,
     link,
     profiles,
@@ -55,15 +56,16 @@ def query(
     lk = link(bandwidth, rtt) if bandwidth is not None else None
     with read_table(db, name) as tbl:
         records = tbl.variants(status="ok")
+    floor = accuracy_floor(records, min_accuracy, dev)
     con = console()
     if table_:
         rates = log_bandwidths(per_decade=per_decade) if bandwidth is None else [parse_bandwidth(bandwidth)]
-        rows = bandwidth_table(records, dev, srv, rtt, min_accuracy, rates)
+        rows = bandwidth_table(records, dev, srv, rtt, floor, rates)
         if as_json:
-            doc = {"device": dev.name, "server": srv.name, "rtt_s": rtt, "accuracy_floor": min_accuracy}
+            doc = {"device": dev.name, "server": srv.name, "rtt_s": rtt, "accuracy_floor": floor}
             typer.echo(json.dumps({**doc, "rows": [r.to_dict() for r in rows]}, indent=2))
             return
-        t = Table(title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s")
+        t = Table(title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s{_floor_text(floor)}")
         for col in ("bandwidth", "variant", "latency ms", "accuracy", "bits"):
             t.add_column(col, justify="right")
         for r in rows:
@@ -74,7 +76,7 @@ def query(
         con.print(t)
         return
     assert lk is not None
-    res = run_query(records, lk, dev, srv, min_accuracy, top)
+    res = run_query(records, lk, dev, srv, floor, top)
     ranked = [res.best, *res.runners_up]
     if as_json:
         doc = {
@@ -100,7 +102,7 @@ def query(
         return
     t = Table(
         title=f"{fmt_rate(lk.bandwidth_bytes_per_s)} on {dev.name} / {srv.name}, RTT {rtt:g} s: "
-        f"{res.feasible} feasible of {res.measured} measured"
+        f"{res.feasible} feasible of {res.measured} measured{_floor_text(floor)}"
     )
     for col in ("#", "key", "split", "sparsity", "codec", "accuracy", "device MACs", "bits", "device ms",
                 "transmit ms", "server ms", "total ms"):  # fmt: skip
@@ -117,3 +119,7 @@ def query(
         )  # fmt: skip
     con.print(t)
     con.print(f"best: {res.best.record.key}")
+
+
+def _floor_text(floor: float | None) -> str:
+    return f", accuracy ≥ {floor:.4f}" if floor is not None else ", no accuracy floor"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Sequence
+from typing import Annotated, Any
 
 import typer
 
 from coinference.latency import SERVERS, DeviceProfile, Link, ServerProfile, device_names, device_profile
 from coinference.latency import parse_bandwidth as _parse_bandwidth
 from storage import LookupTable, open_table
+from storage.query import default_floor
 
 DbOpt = Annotated[
     str | None,
@@ -21,7 +23,12 @@ NameOpt = Annotated[str, typer.Option("--name", help="Run name: the default tabl
 DeviceOpt = Annotated[str, typer.Option("--device", help=f"Device profile: {', '.join(device_names())}.")]
 ServerOpt = Annotated[str, typer.Option("--server", help=f"Server profile: {', '.join(SERVERS.names())}.")]
 RttOpt = Annotated[float, typer.Option("--rtt", help="Round-trip time added once per image, seconds.")]
-MinAccOpt = Annotated[float | None, typer.Option("--min-accuracy", help="Accuracy floor in [0, 1] (default: none).")]
+MinAccOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-accuracy", help="Accuracy floor in [0, 1] (default: best accuracy that fits the device − 0.02; 0: none)."
+    ),
+]
 BandwidthOpt = Annotated[str, typer.Option("--bandwidth", "-b", help="Link rate, e.g. 40KB/s, 5 Mbit/s, 125000.")]
 
 
@@ -46,3 +53,11 @@ def fmt_count(x: float) -> str:
         if abs(x) >= scale:
             return f"{x / scale:,.2f} {unit}"
     return f"{x:,.0f}"
+
+
+def accuracy_floor(records: Sequence[Any], min_accuracy: float | None, device: DeviceProfile) -> float | None:
+    """--min-accuracy, or by default the best accuracy among the variants that fit ``device`` − 0.02 (so a bare
+    query never picks a broken variant for its speed); 0 means no floor."""
+    if min_accuracy is None:
+        return default_floor(records, device)
+    return min_accuracy or None
