@@ -132,7 +132,7 @@ def test_bad_inputs_exit_2_with_one_line(run_cli, db, tmp_path: Path) -> None:
 
 def test_default_floor_keeps_a_fast_broken_variant_out(run_cli, db) -> None:
     # best accuracy that fits rpi3 is 0.90 ("huge" at 0.95 does not fit), so the default floor is 0.88
-    url, keys = db
+    url, _ = db
     with open_table(url) as t:
         broken = VariantSpec("tiny-cnn", "synthetic", "block1", seed=9)
         t.record_ok(broken, Measurement(0.30, 1_000, 10, 8.0, 8), "r1")
