@@ -3,7 +3,7 @@ baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and
 
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
-        --weights runs/base/resnet20-cifar10.pt [--parts timing,table] [--out runs/bench/variants]
+        --weights runs/base/resnet20-cifar10.pt [--parts timing,phases,table] [--out runs/bench/variants]
 
 Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
 """
@@ -81,6 +81,21 @@ def timing(args: argparse.Namespace, spec: VariantSpec) -> dict:
         )
     diff = 100 * (out["fast×5"]["accuracy"] - out["fast"]["accuracy"])
     print(f"accuracy gap (5× − 1×): {diff:+.2f} points")
+    return out
+
+
+def phases(args: argparse.Namespace, spec: VariantSpec) -> dict:
+    """Which phase's budget is the gap to the 5× schedule: 5× pruning only, then 5× codec training only."""
+    fast, longer = FIDELITIES.get("fast"), scaled(FIDELITIES.get("fast"), 5)
+    out = {}
+    for label, fid in (("prune×5", replace(fast, prune=longer.prune)), ("codec×5", replace(fast, codec=longer.codec))):
+        b = Builder(args.weights, args.data_dir, args.cache / f"phases-{label}", keep_artifacts=False,
+                    fidelities={"fast": fid})  # fmt: skip
+        b.base(spec)
+        t0 = time.perf_counter()
+        m = b.build(spec).measurement
+        out[label] = {"seconds": time.perf_counter() - t0, "accuracy": m.accuracy, "bits_mean": m.bits_mean}
+        print(f"{label:>8}: {out[label]['seconds']:6.1f} s  accuracy {100 * m.accuracy:.2f}%  bits {m.bits_mean:,.0f}")
     return out
 
 
@@ -178,9 +193,11 @@ def main() -> None:
     )
     result: dict = {"base_accuracy": base_acc}
     parts = args.parts.split(",")
+    timed = base_spec.with_(sparsity=0.25, codec=codec_for_ratio((16, 32, 32), 64, 2))
     if "timing" in parts:
-        spec = base_spec.with_(sparsity=0.25, codec=codec_for_ratio((16, 32, 32), 64, 2))
-        result["timing"] = timing(args, spec)
+        result["timing"] = timing(args, timed)
+    if "phases" in parts:
+        result["phases"] = phases(args, timed)
     if "table" in parts:
         rows, threshold = table(args, base_spec)
         result.update(rows=rows, threshold=threshold)
