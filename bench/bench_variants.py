@@ -62,23 +62,24 @@ def scaled(f: Fidelity, k: float) -> Fidelity:
     return replace(f, name=f.name, prune=s(f.prune), codec=s(f.codec))
 
 
+def timed_build(args: argparse.Namespace, spec: VariantSpec, label: str, fid: Fidelity, cache: Path) -> dict:
+    """Build ``spec`` under ``fid`` from a fresh cache and time it (base model loading excluded)."""
+    b = Builder(args.weights, args.data_dir, cache, keep_artifacts=False, fidelities={"fast": fid})
+    b.base(spec)  # base model loading is not part of a variant's cost
+    t0 = time.perf_counter()
+    m = b.build(spec).measurement
+    wall = time.perf_counter() - t0
+    print(f"{label:>8}: {wall:6.1f} s  accuracy {100 * m.accuracy:.2f}%  bits {m.bits_mean:,.0f}", flush=True)
+    return {"seconds": wall, "accuracy": m.accuracy, "bits_mean": m.bits_mean}
+
+
 def timing(args: argparse.Namespace, spec: VariantSpec) -> dict:
     """One fast variant, and the same spec with a 5× longer schedule, built side by side (fresh caches)."""
-    out = {}
-    for label, fid, cache in (
-        ("fast", FIDELITIES.get("fast"), args.cache / "timing-1x"),
-        ("fast×5", scaled(FIDELITIES.get("fast"), 5), args.cache / "timing-5x"),
-    ):
-        b = Builder(args.weights, args.data_dir, cache, keep_artifacts=False, fidelities={"fast": fid})
-        b.base(spec)  # base model loading is not part of a variant's cost
-        t0 = time.perf_counter()
-        built = b.build(spec)
-        wall = time.perf_counter() - t0
-        out[label] = {"seconds": wall, "accuracy": built.measurement.accuracy, "bits_mean": built.measurement.bits_mean}
-        print(
-            f"{label:>7}: {wall:6.1f} s  accuracy {100 * built.measurement.accuracy:.2f}%  "
-            f"bits {built.measurement.bits_mean:,.0f}"
-        )
+    fast = FIDELITIES.get("fast")
+    out = {
+        "fast": timed_build(args, spec, "fast", fast, args.cache / "timing-1x"),
+        "fast×5": timed_build(args, spec, "fast×5", scaled(fast, 5), args.cache / "timing-5x"),
+    }
     diff = 100 * (out["fast×5"]["accuracy"] - out["fast"]["accuracy"])
     print(f"accuracy gap (5× − 1×): {diff:+.2f} points")
     return out
@@ -87,16 +88,13 @@ def timing(args: argparse.Namespace, spec: VariantSpec) -> dict:
 def phases(args: argparse.Namespace, spec: VariantSpec) -> dict:
     """Which phase's budget is the gap to the 5× schedule: 5× pruning only, then 5× codec training only."""
     fast, longer = FIDELITIES.get("fast"), scaled(FIDELITIES.get("fast"), 5)
-    out = {}
-    for label, fid in (("prune×5", replace(fast, prune=longer.prune)), ("codec×5", replace(fast, codec=longer.codec))):
-        b = Builder(args.weights, args.data_dir, args.cache / f"phases-{label}", keep_artifacts=False,
-                    fidelities={"fast": fid})  # fmt: skip
-        b.base(spec)
-        t0 = time.perf_counter()
-        m = b.build(spec).measurement
-        out[label] = {"seconds": time.perf_counter() - t0, "accuracy": m.accuracy, "bits_mean": m.bits_mean}
-        print(f"{label:>8}: {out[label]['seconds']:6.1f} s  accuracy {100 * m.accuracy:.2f}%  bits {m.bits_mean:,.0f}")
-    return out
+    return {
+        label: timed_build(args, spec, label, fid, args.cache / f"phases-{label}")
+        for label, fid in (
+            ("prune×5", replace(fast, prune=longer.prune)),
+            ("codec×5", replace(fast, codec=longer.codec)),
+        )
+    }
 
 
 def table(args: argparse.Namespace, base_spec: VariantSpec) -> tuple[dict[str, list[dict]], float]:

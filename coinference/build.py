@@ -72,8 +72,14 @@ def _digest(obj: Any) -> str:
 def codec_config(spec: VariantSpec) -> CodecConfig:
     """The codec configuration of a spec (kind, sizes, bits, channel levels)."""
     c = spec.codec
-    kw: dict[str, Any] = {"kind": c.kind, "channels": c.channels, "dim": c.dim, "bits": c.bits, "kernel": c.kernel}
-    kw["stride"] = c.stride
+    kw: dict[str, Any] = {
+        "kind": c.kind,
+        "channels": c.channels,
+        "dim": c.dim,
+        "bits": c.bits,
+        "kernel": c.kernel,
+        "stride": c.stride,
+    }
     if c.kind == "huffman":
         kw.update(channels=None, dim=None, bits=8)
     if c.snr_db is not None:
@@ -207,8 +213,7 @@ class Builder:
         ccfg = codec_config(spec)
         if fid.codec_tail and ccfg.kind not in ("none", "huffman"):
             ccfg = replace(ccfg, finetune_tail=True)
-        sent = len(pruned.kept_channels)
-        ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, sent)
+        ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, len(pruned.kept_channels))
         codec = train_codec(pruned.head, server_in, data, ccfg, replace(fid.codec, seed=spec.seed))
         test = data.first_test(fid.test_limit)
         ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)

@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 
 from coinference.latency import SERVERS, Link, device_profile
 from search.space import SearchSpace
-from storage.query import default_floor
+from storage.query import default_floor, floor_label
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def render(rep: Report, console: Console) -> None:
             f"{m.bits_mean + m.header_bits:,.0f}",
         )
     console.print(t)
-    floor = f"accuracy ≥ {rep.floor:.4f}" if rep.floor is not None else "no accuracy floor"
+    floor = floor_label(rep.floor)
     c = RichTable(title=f"Chosen variant per bandwidth ({rep.device}, {floor})")
     for col in ("bandwidth", "key", "split", "sparsity", "codec", "accuracy", "latency"):
         c.add_column(col, justify="right")

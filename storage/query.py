@@ -68,6 +68,11 @@ def default_floor(
     return max(accs) - margin if accs else None
 
 
+def floor_label(floor: float | None) -> str:
+    """The accuracy floor as every command and report prints it: ``accuracy ≥ 0.8800`` or ``no accuracy floor``."""
+    return f"accuracy ≥ {floor:.4f}" if floor is not None else "no accuracy floor"
+
+
 def candidates(
     records: Sequence[VariantRecord],
     link: Link,

@@ -27,6 +27,7 @@ from search.cli.table_options import (
 )
 from storage.export import export_record
 from storage.plots import fmt_rate
+from storage.query import floor_label
 from storage.query import query as run_query
 
 
@@ -85,8 +86,7 @@ def export(
     con = console()
     con.print(
         f"exported {rec.key[:12]} ({rec.spec.model} split {rec.spec.split}) for {fmt_rate(lk.bandwidth_bytes_per_s)} "
-        f"on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms, accuracy {best_acc:.4f}"
-        + (f" (floor {floor:.4f})" if floor is not None else " (no accuracy floor)")
+        f"on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms, accuracy {best_acc:.4f}" + f" ({floor_label(floor)})"
     )
     bits = f", {report.bits_mean:,.0f} payload bits/image" if report.bits_mean is not None else ""
     con.print(

@@ -27,7 +27,7 @@ from search.cli.table_options import (
     read_table,
 )
 from storage.plots import fmt_rate
-from storage.query import bandwidth_table, log_bandwidths
+from storage.query import bandwidth_table, floor_label, log_bandwidths
 from storage.query import query as run_query
 
 
@@ -65,7 +65,7 @@ def query(
             doc = {"device": dev.name, "server": srv.name, "rtt_s": rtt, "accuracy_floor": floor}
             typer.echo(json.dumps({**doc, "rows": [r.to_dict() for r in rows]}, indent=2))
             return
-        t = Table(title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s{_floor_text(floor)}")
+        t = Table(title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s, {floor_label(floor)}")
         for col in ("bandwidth", "variant", "latency ms", "accuracy", "bits"):
             t.add_column(col, justify="right")
         for r in rows:
@@ -102,7 +102,7 @@ def query(
         return
     t = Table(
         title=f"{fmt_rate(lk.bandwidth_bytes_per_s)} on {dev.name} / {srv.name}, RTT {rtt:g} s: "
-        f"{res.feasible} feasible of {res.measured} measured{_floor_text(floor)}"
+        f"{res.feasible} feasible of {res.measured} measured, {floor_label(floor)}"
     )
     for col in ("#", "key", "split", "sparsity", "codec", "accuracy", "device MACs", "bits", "device ms",
                 "transmit ms", "server ms", "total ms"):  # fmt: skip
@@ -119,7 +119,3 @@ def query(
         )  # fmt: skip
     con.print(t)
     con.print(f"best: {res.best.record.key}")
-
-
-def _floor_text(floor: float | None) -> str:
-    return f", accuracy ≥ {floor:.4f}" if floor is not None else ", no accuracy floor"
