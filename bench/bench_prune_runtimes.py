@@ -1,4 +1,4 @@
-"""Does a CPU runtime turn pruning's MAC cut into speed? Shrunk vs dense ResNet-20 heads under four runtimes.
+"""Does a CPU runtime turn pruning's MAC cut into speed? Shrunk vs dense ResNet-20 heads under five runtimes.
 
 The shrunk heads come from the target mask applied in one shot (latency does not depend on the weights' values,
 so no fine-tuning is needed here; ``bench_prune.py`` measures accuracy). For each split and sparsity, each runtime
@@ -9,7 +9,9 @@ speed-up ÷ MAC reduction — the figure issue 3 asks to be ≥ 0.7:
 * ``jit``: ``torch.jit.freeze`` + ``torch.jit.optimize_for_inference`` on a trace (folds BN into the convs, fuses
   conv + ReLU / add);
 * ``nhwc``: eager with channels-last tensors;
-* ``no-onednn``: eager with oneDNN disabled (PyTorch's own im2col + GEMM convolution).
+* ``no-onednn``: eager with oneDNN disabled (PyTorch's own im2col + GEMM convolution);
+* ``onnxruntime``: the ONNX graph ``coinfer export`` writes for a device, run by onnxruntime (one intra-op
+  thread, all graph optimisations: BN folding, conv + activation fusion, NCHWc layouts).
 
     .venv/bin/python bench/bench_prune_runtimes.py --data-dir ../shared/data/cifar10 \\
         --weights ../shared/data/weights/resnet20-12fca82f.th
@@ -21,6 +23,7 @@ import argparse
 import copy
 import json
 import sys
+import tempfile
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -34,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_prune import latency_pair
 
 from coinference.data import load_dataset
+from coinference.export import OPSET, to_onnx
 from coinference.prune import PruneConfig, Schedule, device_cost, prune_device
 from coinference.zoo import MODELS, build_model, split_model
 
@@ -50,6 +54,25 @@ def frozen(m: nn.Module, x: torch.Tensor) -> nn.Module:
     return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
 
 
+class OrtModule(nn.Module):
+    """An onnxruntime session behind the nn.Module call interface the timing loop uses."""
+
+    def __init__(self, m: nn.Module, x: torch.Tensor) -> None:
+        import onnxruntime as ort
+
+        super().__init__()
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "m.onnx"
+            to_onnx(m.eval(), x, path, ("x", "y"), OPSET)
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"x": x.numpy()})[0])
+
+
 Prepare = Callable[[nn.Module, torch.Tensor], tuple[nn.Module, torch.Tensor]]
 RUNTIMES: dict[str, tuple[Prepare, Callable[[], AbstractContextManager]]] = {
     "eager": (lambda m, x: (m, x), nullcontext),
@@ -59,6 +82,7 @@ RUNTIMES: dict[str, tuple[Prepare, Callable[[], AbstractContextManager]]] = {
         nullcontext,
     ),
     "no-onednn": (lambda m, x: (m, x), lambda: torch.backends.mkldnn.flags(enabled=False)),
+    "onnxruntime": (lambda m, x: (OrtModule(m, x), x), nullcontext),
 }
 
 

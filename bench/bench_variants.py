@@ -42,6 +42,7 @@ OURS = [  # (split, sparsity, compression ratio at 2 bits); codec_for_ratio turn
     ("layer1.2", 0.5, 64),
     ("layer2.2", 0.25, 128),
     ("layer2.2", 0.5, 128),
+    ("layer3.2", 0.0, 16),
     ("layer3.2", 0.05, 32),
     ("layer3.2", 0.1, 32),
     ("layer3.2", 0.25, 32),

@@ -166,7 +166,8 @@ def load_torchscript(path: str | Path) -> torch.jit.ScriptModule:
         return torch.jit.load(str(path), map_location="cpu")
 
 
-def _onnx(module: nn.Module, example: torch.Tensor, path: Path, io: tuple[str, str], opset: int) -> None:
+def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, io: tuple[str, str], opset: int) -> None:
+    """Write ``module`` as ONNX (classic exporter, batch axis dynamic; ``io`` = input and output names)."""
     with _quiet():
         torch.onnx.export(
             module,
@@ -229,8 +230,8 @@ def export_variant(
         with _quiet():
             torch.jit.save(dev_ts, str(out / "device" / "device.ts.pt"))
             torch.jit.save(srv_ts, str(out / "server" / "server.ts.pt"))
-        _onnx(device, example, out / "device" / "device.onnx", DEVICE_IO, opset)
-        _onnx(server, symbols, out / "server" / "server.onnx", SERVER_IO, opset)
+        to_onnx(device, example, out / "device" / "device.onnx", DEVICE_IO, opset)
+        to_onnx(server, symbols, out / "server" / "server.onnx", SERVER_IO, opset)
     except (RuntimeError, TypeError, ValueError, torch.jit.Error) as e:
         raise ExportError(f"cannot export the variant: {str(e).strip().splitlines()[0]}") from e
     if codec is not None:
