@@ -33,7 +33,8 @@ from coinference.train import TrainConfig
 from coinference.variant import CodecSpec, Measurement, VariantSpec, codec_for_ratio
 from coinference.zoo import file_sha256
 
-OURS = [  # (split, sparsity, compression ratio at 2 bits); codec_for_ratio turns the ratio into conv channels/stride
+OURS: list[tuple[str, float, float | CodecSpec]] = [
+    # (split, sparsity, compression ratio at 2 bits, or a codec); codec_for_ratio turns a ratio into conv sizes
     ("stem", 0.25, 16),
     ("stem", 0.5, 16),
     ("stem", 0.5, 32),
@@ -44,7 +45,7 @@ OURS = [  # (split, sparsity, compression ratio at 2 bits); codec_for_ratio turn
     ("layer1.2", 0.5, 64),
     ("layer2.2", 0.25, 128),
     ("layer2.2", 0.5, 128),
-    ("layer3.2", 0.0, 16),
+    ("layer3.2", 0.0, CodecSpec("sq", bits=2)),  # the pooled 64-value feature quantized as it is: no encoder
     ("layer3.2", 0.05, 32),
     ("layer3.2", 0.1, 32),
     ("layer3.2", 0.25, 32),
@@ -168,8 +169,10 @@ def table(args: argparse.Namespace, base_spec: VariantSpec) -> tuple[dict[str, l
             except Exception as e:  # a failed baseline is reported, not fatal
                 print(f"{method:>15} {spec.split:>26} FAILED: {e}")
     for split, sparsity, ratio in OURS:
-        spec = base_spec.with_(split=split, sparsity=sparsity, codec=codec_for_ratio(shapes[split], ratio, 2))
-        add("ours", spec, b.measure(spec), f"{split} s={sparsity} r={ratio} {spec.codec.label}")
+        codec = ratio if isinstance(ratio, CodecSpec) else codec_for_ratio(shapes[split], ratio, 2)
+        r = "" if isinstance(ratio, CodecSpec) else f" r={ratio}"
+        spec = base_spec.with_(split=split, sparsity=sparsity, codec=codec)
+        add("ours", spec, b.measure(spec), f"{split} s={sparsity}{r} {codec.label}")
     return rows, threshold
 
 

@@ -226,8 +226,8 @@ def codec_for_ratio(feature_shape: tuple[int, ...], ratio: float, bits: int = 2,
     because it keeps every channel's information where a stride-1 conv down to one or two channels starves the
     server (measured on CIFAR-10: layer1.2 at 512 symbols, 8 channels at stride 4 reach 79 % where 1 channel at
     stride 1 stays near chance). An FC layer then cuts the flattened dimension to exactly ``symbols`` when that
-    is not a whole number of channels. A vector feature (D,) uses the FC layer only (none when it keeps all D).
-    Entropy coding then makes the real bits smaller still; the measured bits are what counts.
+    is not a whole number of channels. A vector feature (D,) uses the FC layer only. Entropy coding then makes
+    the real bits smaller still; the measured bits are what counts.
 
     Raises:
         ConfigError: ratio < 1 or a payload larger than the raw feature.
@@ -241,8 +241,8 @@ def codec_for_ratio(feature_shape: tuple[int, ...], ratio: float, bits: int = 2,
         raise ConfigError(
             f"compression ratio {ratio} at {bits} bits keeps {symbols} symbols, more than the feature's {numel}"
         )
-    if len(feature_shape) != 3:  # no FC when it would keep every value: quantize the feature as it is
-        return CodecSpec(kind=kind, channels=None, dim=None if symbols == numel else symbols, bits=bits)
+    if len(feature_shape) != 3:
+        return CodecSpec(kind=kind, channels=None, dim=symbols, bits=bits)
     c, h, w = feature_shape
     stride = 1
     s = 2

@@ -70,7 +70,8 @@ def test_measurement_round_trip() -> None:
         ((4, 8, 8), 2048, 2, CodecSpec(channels=1, dim=2, stride=4)),  # fewer symbols than positions: FC
         ((16, 32, 32), 512, 2, CodecSpec(channels=8, stride=4)),
         ((64,), 32, 2, CodecSpec(dim=32)),
-        ((64,), 16, 2, CodecSpec()),  # the FC would keep all 64 values: none, the vector quantized as it is
+        # a full-size FC stays (a learned transform before quantization); a bare quantizer is CodecSpec() by hand
+        ((64,), 16, 2, CodecSpec(dim=64)),
         ((16, 4, 4), 20, 2, CodecSpec(channels=13, dim=205)),  # no stride fits 205 symbols in 16 channels
         ((8, 6, 6), 16, 2, CodecSpec()),  # stride 2 needs 32 > 8 channels: no conv, the whole feature quantized
         ((8, 6, 6), 18, 2, CodecSpec(channels=8, dim=256)),
@@ -81,8 +82,6 @@ def test_codec_for_ratio(shape, ratio, bits, expect) -> None:
     assert c == expect
     if c.dim is not None:
         nominal = c.dim * bits
-    elif len(shape) == 1:
-        nominal = shape[0] * bits
     else:
         nominal = (c.channels or shape[0]) * (shape[1] // c.stride) * (shape[2] // c.stride) * bits
     raw = 32
