@@ -3,7 +3,7 @@ baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and
 
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
-        --weights runs/base/resnet20-cifar10.pt [--parts timing,phases,curve,table] [--out runs/bench/variants]
+        --weights runs/base/resnet20-cifar10.pt [--parts timing,phases,curve,rank,table] [--out runs/bench/variants]
 
 Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
 """
@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.stats import kendalltau
 
 from coinference.base import recorded_accuracy
 from coinference.baselines import baseline_specs, on_device_only, server_png
@@ -135,6 +136,42 @@ def curve(args: argparse.Namespace, spec: VariantSpec) -> list[dict]:
     return rows
 
 
+RANK: list[tuple[str, float, float | CodecSpec]] = [
+    ("stem", 0.5, 16),
+    ("layer1.2", 0.1, 64),
+    ("layer3.2", 0.0, CodecSpec("sq", bits=2)),
+    ("layer3.2", 0.05, 32),
+]
+"""Variants of --parts rank: different splits, pruning and codecs, each built at `fast` and at 5×."""
+
+
+def our_spec(
+    base_spec: VariantSpec, shapes: dict, split: str, sparsity: float, ratio: float | CodecSpec
+) -> VariantSpec:
+    """One row of OURS / RANK as a spec (a ratio goes through codec_for_ratio at 2 bits)."""
+    codec = ratio if isinstance(ratio, CodecSpec) else codec_for_ratio(shapes[split], ratio, 2)
+    return base_spec.with_(split=split, sparsity=sparsity, codec=codec)
+
+
+def rank(args: argparse.Namespace, base_spec: VariantSpec, shapes: dict) -> dict:
+    """Is the `fast` preset's gap to the 5× schedule the same for every variant (so that a search on `fast`
+    accuracies ranks variants as the longer schedule would)? Whole-test-set accuracies of both, side by side."""
+    fast = FIDELITIES.get("fast")
+    rows = []
+    for split, sparsity, ratio in RANK:
+        spec = our_spec(base_spec, shapes, split, sparsity, ratio)
+        label = f"{split} s={sparsity} {spec.codec.label}"
+        one, five = timed_build(args, spec, "fast", fast), timed_build(args, spec, "fast×5", scaled(fast, 5))
+        rows.append({"variant": label, "fast": one, "fast×5": five,
+                     "gap": five["accuracy_whole_test"] - one["accuracy_whole_test"]})  # fmt: skip
+        print(f"{label}: gap {100 * rows[-1]['gap']:+.2f} points (whole test set)", flush=True)
+    a = [r["fast"]["accuracy_whole_test"] for r in rows]
+    b = [r["fast×5"]["accuracy_whole_test"] for r in rows]
+    tau = float(kendalltau(a, b).statistic)
+    print(f"Kendall tau between fast and 5× accuracies over {len(rows)} variants: {tau:+.2f}")
+    return {"rows": rows, "kendall_tau": tau}
+
+
 def table(args: argparse.Namespace, base_spec: VariantSpec) -> tuple[dict[str, list[dict]], float]:
     """Every baseline and our variants; the threshold is the base model's accuracy on the same test images
     (the on-device-only row) minus --margin."""
@@ -169,10 +206,9 @@ def table(args: argparse.Namespace, base_spec: VariantSpec) -> tuple[dict[str, l
             except Exception as e:  # a failed baseline is reported, not fatal
                 print(f"{method:>15} {spec.split:>26} FAILED: {e}")
     for split, sparsity, ratio in OURS:
-        codec = ratio if isinstance(ratio, CodecSpec) else codec_for_ratio(shapes[split], ratio, 2)
+        spec = our_spec(base_spec, shapes, split, sparsity, ratio)
         r = "" if isinstance(ratio, CodecSpec) else f" r={ratio}"
-        spec = base_spec.with_(split=split, sparsity=sparsity, codec=codec)
-        add("ours", spec, b.measure(spec), f"{split} s={sparsity}{r} {codec.label}")
+        add("ours", spec, b.measure(spec), f"{split} s={sparsity}{r} {spec.codec.label}")
     return rows, threshold
 
 
@@ -238,6 +274,10 @@ def main() -> None:
         result["phases"] = phases(args, timed)
     if "curve" in parts:
         result["curve"] = curve(args, timed)
+    if "rank" in parts:
+        model, data = Builder(args.weights, args.data_dir, args.cache).base(base_spec)
+        shapes = {p.name: p.feature_shape for p in profile_model(model, data.input_shape, args.model).splits}
+        result["rank"] = rank(args, base_spec, shapes)
     if "table" in parts:
         rows, threshold = table(args, base_spec)
         result.update(rows=rows, threshold=threshold)
