@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_prune import latency_pair
 
 from coinference.data import load_dataset
-from coinference.export import OPSET, to_onnx
+from coinference.export import OPSET, ort_session, to_onnx
 from coinference.prune import PruneConfig, Schedule, device_cost, prune_device
 from coinference.zoo import MODELS, build_model, split_model
 
@@ -58,16 +58,11 @@ class OrtModule(nn.Module):
     """An onnxruntime session behind the nn.Module call interface the timing loop uses."""
 
     def __init__(self, m: nn.Module, x: torch.Tensor) -> None:
-        import onnxruntime as ort
-
         super().__init__()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "m.onnx"
             to_onnx(m.eval(), x, path, ("x", "y"), OPSET)
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            self.session = ort_session(path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"x": x.numpy()})[0])

@@ -178,7 +178,7 @@ def table(args: argparse.Namespace, base_spec: VariantSpec) -> tuple[dict[str, l
     b = Builder(args.weights, args.data_dir, args.cache)
     model, data = b.base(base_spec)
     prof = profile_model(model, data.input_shape, base_spec.model)
-    shapes = {s.name: s.feature_shape for s in prof.splits}
+    shapes = prof.feature_shapes()
     stage_splits = [s.name for s in prof.splits if s.stage_end]
     fid = FIDELITIES.get(base_spec.fidelity)
     rows: dict[str, list[dict]] = {}
@@ -276,8 +276,7 @@ def main() -> None:
         result["curve"] = curve(args, timed)
     if "rank" in parts:
         model, data = Builder(args.weights, args.data_dir, args.cache).base(base_spec)
-        shapes = {p.name: p.feature_shape for p in profile_model(model, data.input_shape, args.model).splits}
-        result["rank"] = rank(args, base_spec, shapes)
+        result["rank"] = rank(args, base_spec, profile_model(model, data.input_shape, args.model).feature_shapes())
     if "table" in parts:
         rows, threshold = table(args, base_spec)
         result.update(rows=rows, threshold=threshold)

@@ -181,6 +181,15 @@ def to_onnx(module: nn.Module, example: torch.Tensor, path: Path, io: tuple[str,
         )
 
 
+def ort_session(path: str | Path) -> Any:
+    """An onnxruntime CPU session on one intra-op thread (as a device runs it; default graph optimisations: all)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
 def export_variant(
     out: str | Path,
     device: nn.Module,
@@ -357,8 +366,6 @@ def verify_export(
     Raises:
         ExportError: an altered file, or outputs that differ beyond tolerance.
     """
-    import onnxruntime as ort
-
     out = Path(out)
     manifest = read_manifest(out)
     if reference is None:
@@ -377,10 +384,7 @@ def verify_export(
         return decoded, [8 * len(p) for p in payloads]
 
     x = images.float()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess_d = ort.InferenceSession(str(out / manifest["device"]["onnx"]), opts, providers=["CPUExecutionProvider"])
-    sess_s = ort.InferenceSession(str(out / manifest["server"]["onnx"]), opts, providers=["CPUExecutionProvider"])
+    sess_d, sess_s = ort_session(out / manifest["device"]["onnx"]), ort_session(out / manifest["server"]["onnx"])
     # One image at a time, as a device runs it (and as bits are counted): a traced part need not support batches.
     sym_t, logits_t, logits_b, sym_o, logits_o, bits = [], [], [], [], [], []
     for i in range(len(x)):

@@ -63,6 +63,10 @@ class ModelProfile:
         """A JSON-ready dict (tuples become lists)."""
         return asdict(self)
 
+    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Split point name → the shape of the feature sent there, in split order."""
+        return {s.name: s.feature_shape for s in self.splits}
+
 
 def _layer_macs(module: nn.Module, out: torch.Tensor) -> int:
     """MACs of one conv/linear call for batch 1."""

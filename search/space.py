@@ -117,7 +117,7 @@ class SearchSpace:
         info = MODELS.get(model)
         shape = input_shape or info.input_shape
         prof = profile_model(build_model(model, in_channels=shape[0]), shape, model)
-        by_name = {s.name: s.feature_shape for s in prof.splits}
+        by_name = prof.feature_shapes()
         names = list(splits) if splits is not None else list(by_name)
         unknown = [n for n in names if n not in by_name]
         if unknown:
