@@ -3,7 +3,8 @@ baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and
 
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
-        --weights runs/base/resnet20-cifar10.pt [--parts timing,phases,curve,rank,table] [--out runs/bench/variants]
+        --weights runs/base/resnet20-cifar10.pt [--parts timing,ablation,phases,curve,rank,table] \
+        [--out runs/bench/variants]
 
 Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import tempfile
 import time
 from dataclasses import replace
@@ -73,14 +75,27 @@ def timed_build(
     """Build ``spec`` under ``fid`` and time it (base model loading excluded), from a fresh temporary cache unless
     ``cache`` is given (a cache kept from an earlier run would skip the pruning phase). The built variant
     is then evaluated on the whole test set too, outside the timed part: with 2,000 images the accuracy of one
-    build has a sampling error of ~0.8 points, too coarse for a 1-point comparison."""
+    build has a sampling error of ~0.8 points, too coarse for a 1-point comparison. The base model's logits
+    (computed once per base model, like the base model itself) are shared through ``--cache``'s ``teacher``."""
     with tempfile.TemporaryDirectory() as tmp:
-        return _timed_build(args, spec, label, Builder(args.weights, args.data_dir, cache or tmp, False, {"fast": fid}))
+        root = cache or Path(tmp)
+        shared = args.cache / "teacher"
+        if shared.is_dir() and not (root / "teacher").exists():
+            shutil.copytree(shared, root / "teacher")
+        out = _timed_build(args, spec, label, Builder(args.weights, args.data_dir, root, False, {"fast": fid}))
+        if (root / "teacher").is_dir() and not shared.exists():
+            shutil.copytree(root / "teacher", shared)
+        return out
 
 
 def _timed_build(args: argparse.Namespace, spec: VariantSpec, label: str, b: Builder) -> dict:
     fid = b.fidelity(spec)
     b.base(spec)  # base model loading is not part of a variant's cost
+    if fid.base_teacher:  # nor are the base model's logits: computed once per base model, shared by every variant
+        tb = time.perf_counter()
+        b.teacher_logits(spec)
+        print(f"{label:>8}: base model's logits on the training set (once per base model): "
+              f"{time.perf_counter() - tb:.1f} s")  # fmt: skip
     t0 = time.perf_counter()
     b.prune(spec, fid)  # phase 1 alone (timed apart; build reuses it)
     t1 = time.perf_counter()
@@ -107,6 +122,24 @@ def timing(args: argparse.Namespace, spec: VariantSpec) -> dict:
     return out
 
 
+def ablation(args: argparse.Namespace, spec: VariantSpec) -> dict:
+    """The `fast` preset with its levers added one at a time, from the labels-only preset it replaced: pruning
+    distilled from the base model (unaugmented, so its logits are computed once), then the codec phase distilled
+    from the base model instead of the pruned one, then 19,200 cached training images instead of 6,400."""
+    fast = FIDELITIES.get("fast")
+    labels = replace(fast, prune=replace(fast.prune, augment="auto"), codec=replace(fast.codec, subset=6400),
+                     prune_distill=0.0, base_teacher=False)  # fmt: skip
+    steps = [
+        ("labels", labels),
+        # the same targets as `fast`'s pruning, with the base model run on each batch: the codec phase keeps
+        # distilling from the pruned model
+        ("+prune KD", replace(labels, prune=fast.prune, prune_distill=fast.prune_distill)),
+        ("+codec KD", replace(fast, codec=replace(fast.codec, subset=6400))),
+        ("fast", fast),
+    ]
+    return {label: timed_build(args, spec, label, fid) for label, fid in steps}
+
+
 def phases(args: argparse.Namespace, spec: VariantSpec) -> dict:
     """Which phase's budget is the gap to the 5× schedule: 5× pruning only, then 5× codec training only."""
     fast, longer = FIDELITIES.get("fast"), scaled(FIDELITIES.get("fast"), 5)
@@ -119,8 +152,9 @@ def phases(args: argparse.Namespace, spec: VariantSpec) -> dict:
     }
 
 
-CURVE = [(150, 6400), (300, 12800), (750, 6400), (750, 32000)]
-"""(codec steps, cached training images) budgets of --parts curve; the first is `fast`'s, the last its 5×."""
+CURVE = [(150, 19200), (300, 38400), (750, 19200), (750, 50000)]
+"""(codec steps, training images) budgets of --parts curve; the first is `fast`'s, the last its 5× (all 50,000
+images: augmented live batches where their features exceed the 2 GiB feature cache)."""
 
 
 def curve(args: argparse.Namespace, spec: VariantSpec) -> list[dict]:
@@ -270,6 +304,8 @@ def main() -> None:
     timed = base_spec.with_(sparsity=0.25, codec=codec_for_ratio((16, 32, 32), 64, 2))
     if "timing" in parts:
         result["timing"] = timing(args, timed)
+    if "ablation" in parts:
+        result["ablation"] = ablation(args, timed)
     if "phases" in parts:
         result["phases"] = phases(args, timed)
     if "curve" in parts:

@@ -9,6 +9,7 @@ spec hash: a repeated spec costs nothing.
 Cache layout under ``cache_dir`` (default ``runs/cache``)::
 
     base/<model>-<dataset>-scratch-<fidelity>-s<seed>.pt    base models trained from scratch
+    teacher/<hash>.pt                                         a base model's logits on every training image
     pruned/<hash>.pt                                          phase-1 results (coinference.pruned/1 format)
     measurements/<spec key>.json                              Measurement of a spec
     variants/<spec key>/{spec.json,device.pt,codec.pt}        artifacts for export (when kept)
@@ -32,10 +33,12 @@ from coinference.codec.base import build_codec
 from coinference.codec.state import coder_state, load_coder_state
 from coinference.data import ImageData
 from coinference.errors import CheckpointError, ConfigError
+from coinference.evaluate import outputs
 from coinference.fidelity import FIDELITIES, Fidelity
 from coinference.profile import module_cost
 from coinference.prune import PruneConfig, PrunedDevice, TwoStepConfig, load_pruned, prune_device, save_pruned
 from coinference.prune.activation import Expand
+from coinference.train import resolve_augment
 from coinference.variant import Measurement, VariantSpec
 from coinference.zoo import SplittableModel, file_sha256
 
@@ -135,6 +138,7 @@ class Builder:
         self.fidelities = fidelities or {}
         self._bases: dict[tuple[str, str, str, int], tuple[SplittableModel, ImageData]] = {}
         self._pruned: dict[str, PrunedDevice] = {}
+        self._teacher: dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------------ phases
     def fidelity(self, spec: VariantSpec) -> Fidelity:
@@ -163,12 +167,36 @@ class Builder:
             self._bases[key] = load_base(spec.model, spec.dataset, weights, self.data_dir)
         return self._bases[key]
 
+    def teacher_logits(self, spec: VariantSpec) -> torch.Tensor:
+        """The base model's logits on every (unaugmented) training image, (N, classes): distillation targets of
+        the codec phase. Computed once per base model and cached on disk, like the base model itself."""
+        model, data = self.base(spec)
+        key = _digest([spec.model, spec.dataset, self.weights_sha, spec.fidelity if self.weights is None else "",
+                       spec.seed, len(data.train_x)])  # fmt: skip
+        if key in self._teacher:
+            return self._teacher[key]
+        path = self.cache / "teacher" / f"{key}.pt"
+        logits = None
+        if path.is_file():
+            try:
+                logits = torch.load(path, weights_only=True)["logits"]
+            except Exception:  # a damaged cache entry is recomputed, never trusted
+                logits = None
+        if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(data.train_x):
+            logits = outputs(model, data, data.train_x)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"logits": logits}, tmp)
+            tmp.replace(path)
+        self._teacher[key] = logits
+        return logits
+
     def prune(self, spec: VariantSpec, fid: Fidelity) -> PrunedDevice:
         """Phase 1 for ``spec`` (cached in memory and on disk)."""
         model, data = self.base(spec)
         key = _digest(
             [spec.model, spec.dataset, spec.weights_sha256, spec.split, spec.sparsity, spec.schedule, spec.pruning,
-             spec.activation_sparsity, fid.prune, spec.seed]
+             spec.activation_sparsity, fid.prune, spec.seed] + ([fid.prune_distill] if fid.prune_distill else [])
         )  # fmt: skip
         if key in self._pruned:
             return self._pruned[key]
@@ -195,8 +223,10 @@ class Builder:
                     activation_sparsity=spec.activation_sparsity,
                     schedule=spec.schedule,
                     train=None if nothing else train,
+                    distill=fid.prune_distill,
                 )
-                pruned = prune_device(model, spec.split, data, cfg)
+                cached = fid.base_teacher and cfg.distill > 0 and resolve_augment(train.augment, data) == "none"
+                pruned = prune_device(model, spec.split, data, cfg, self.teacher_logits(spec) if cached else None)
             tmp = path.with_suffix(".tmp")
             save_pruned(pruned, tmp, spec.model)
             tmp.replace(path)
@@ -214,7 +244,16 @@ class Builder:
         if fid.codec_tail and ccfg.kind not in ("none", "huffman"):
             ccfg = replace(ccfg, finetune_tail=True)
         ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, len(pruned.kept_channels))
-        codec = train_codec(pruned.head, server_in, data, ccfg, replace(fid.codec, seed=spec.seed))
+        base = fid.base_teacher
+        codec = train_codec(
+            pruned.head,
+            server_in,
+            data,
+            ccfg,
+            replace(fid.codec, seed=spec.seed),
+            teacher=self.base(spec)[0] if base else None,
+            teacher_logits=self.teacher_logits(spec) if base else None,
+        )
         test = data.first_test(fid.test_limit)
         ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)
         head_cost = module_cost(nn.Sequential(pruned.head, codec.encoder), pruned.input_shape)

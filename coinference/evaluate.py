@@ -9,13 +9,21 @@ from coinference.data import ImageData
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """Predicted class indices (int64, shape (N,)) for uint8 images (N, C, H, W); the model runs in eval mode."""
+def outputs(model: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """``model``'s outputs (float32; logits of a classifier, features of a head) for uint8 images (N, C, H, W),
+    batched, in eval mode (the model's mode is restored)."""
     was_training = model.training
     model.eval()
-    out = [model(data.normalize(x_uint8[i : i + batch_size])).argmax(1) for i in range(0, len(x_uint8), batch_size)]
+    out = [model(data.normalize(x_uint8[i : i + batch_size])) for i in range(0, len(x_uint8), batch_size)]
     model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, dtype=torch.int64)
+    return torch.cat(out)
+
+
+def predict(model: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Predicted class indices (int64, shape (N,)) for uint8 images (N, C, H, W); the model runs in eval mode."""
+    if len(x_uint8) == 0:
+        return torch.empty(0, dtype=torch.int64)
+    return outputs(model, data, x_uint8, batch_size).argmax(1)
 
 
 def accuracy(model: nn.Module, data: ImageData, split: str = "test", batch_size: int = 500) -> float:

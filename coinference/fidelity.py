@@ -25,6 +25,11 @@ class Fidelity:
     """Count bytes at batch 1 on the first N test images (None: all evaluated images)."""
     codec_tail: bool = False
     """Fine-tune the server tail together with the codec (the tail is then part of the variant's artifacts)."""
+    prune_distill: float = 0.0
+    """Weight of distillation from the unpruned base model's logits in the pruning phase (0: labels only)."""
+    base_teacher: bool = False
+    """The codec phase distills from the unpruned base model's logits (computed once per base model and cached on
+    disk) instead of the pruned, uncoded model's; so does the pruning phase when it trains without augmentation."""
 
 
 FIDELITIES: Registry[Fidelity] = Registry("fidelity")
@@ -40,12 +45,16 @@ for _f in (
     Fidelity(
         "fast",
         TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
-        TrainConfig(steps=100, batch_size=64, lr=0.01, schedule="cosine"),
-        # head outputs (and teacher logits) of 6,400 training images are computed once and reused by every step
-        TrainConfig(steps=150, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0, subset=6400),
+        # 6,400 images, each seen once: augmentation adds nothing, and without it the base model's logits
+        # (computed once per base model) are the distillation targets
+        TrainConfig(steps=100, batch_size=64, lr=0.01, schedule="cosine", augment="none"),
+        # head outputs of 19,200 training images are computed once and each used once (150 × 128)
+        TrainConfig(steps=150, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0, subset=19200),
         test_limit=2000,
         bits_limit=500,
         codec_tail=True,
+        prune_distill=0.9,
+        base_teacher=True,
     ),
     Fidelity(
         "full",
@@ -55,6 +64,8 @@ for _f in (
         test_limit=None,
         bits_limit=None,
         codec_tail=True,
+        prune_distill=0.9,
+        base_teacher=True,
     ),
 ):
     FIDELITIES.register(_f.name)(_f)

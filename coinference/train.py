@@ -113,19 +113,24 @@ def resolve_augment(mode: str, data: ImageData) -> str:
     return {"cifar10": "crop-flip", "synthetic": "none"}.get(data.name, "crop")
 
 
-def training_batches(
-    data: ImageData, cfg: TrainConfig, gen: torch.Generator
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless shuffled epochs of (normalised float images, labels) from the training split."""
+def training_indices(data: ImageData, cfg: TrainConfig, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless shuffled epochs of batches of training-image indices (``cfg``'s subset and batch size)."""
     n = len(data.train_x)
     pool = torch.randperm(n, generator=gen)[: cfg.subset] if cfg.subset and cfg.subset < n else torch.arange(n)
-    mode = resolve_augment(cfg.augment, data)
     bs = min(cfg.batch_size, len(pool))
     while True:
         order = pool[torch.randperm(len(pool), generator=gen)]
         for i in range(0, len(order) - bs + 1, bs):
-            idx = order[i : i + bs]
-            yield data.normalize(augment_batch(data.train_x[idx], mode, gen)), data.train_y[idx]
+            yield order[i : i + bs]
+
+
+def training_batches(
+    data: ImageData, cfg: TrainConfig, gen: torch.Generator
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless shuffled epochs of (normalised float images, labels) from the training split."""
+    mode = resolve_augment(cfg.augment, data)
+    for idx in training_indices(data, cfg, gen):
+        yield data.normalize(augment_batch(data.train_x[idx], mode, gen)), data.train_y[idx]
 
 
 def make_optimizer(
@@ -161,6 +166,35 @@ def make_optimizer(
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+KD_TEMPERATURE = 2.0
+"""Temperature of logit distillation (Hinton et al. 2015), in both the pruning and the codec phase."""
+
+
+def distillation_loss(
+    logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor, alpha: float, t: float = KD_TEMPERATURE
+) -> torch.Tensor:
+    """``(1 - alpha)·CE(logits, labels) + alpha·t²·KL(softmax(teacher/t) ‖ softmax(logits/t))``."""
+    loss = (1 - alpha) * F.cross_entropy(logits, labels) if alpha < 1 else logits.new_zeros(())
+    if alpha > 0:
+        student, target = F.log_softmax(logits / t, 1), F.log_softmax(teacher_logits / t, 1)
+        loss = loss + alpha * t * t * F.kl_div(student, target, log_target=True, reduction="batchmean")
+    return loss
+
+
+def pack_targets(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """One target tensor for :func:`fit`'s ``batches``: column 0 the label, the rest the teacher's logits."""
+    return torch.cat([labels.to(torch.float32)[:, None], teacher_logits], 1)
+
+
+def packed_distillation(alpha: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``loss_fn`` for :func:`fit` on :func:`pack_targets` targets: :func:`distillation_loss` of weight ``alpha``."""
+
+    def loss_fn(logits: torch.Tensor, packed: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
+        return distillation_loss(logits, packed[:, 0].long(), packed[:, 1:], alpha)
+
+    return loss_fn
 
 
 def fit(

@@ -147,3 +147,35 @@ def test_codec_without_conv_or_fc_builds(cache: Path) -> None:
     # the whole feature quantized: nothing to warm up, the quantizer trains from step 0 (used to raise in backward)
     m = Builder(cache_dir=cache).measure(SPEC.with_(codec={"channels": None}))
     assert m.bits_mean > 0 and m.encoder_macs == 0
+
+
+def test_base_teacher_logits_cached_once_per_base(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    smoke = FIDELITIES.get("smoke")
+    distilled = replace(smoke, prune_distill=0.9, base_teacher=True)
+    folder = cache / "teacher-run"
+    b = Builder(cache_dir=folder, fidelities={"smoke": distilled})
+    seen: list[torch.Tensor | None] = []
+    real = build.train_codec
+
+    def spy(*a, **k):
+        seen.append(k.get("teacher_logits"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(build, "train_codec", spy)
+    m = b.measure(SPEC)
+    model, data = b.base(SPEC)
+    [path] = (folder / "teacher").glob("*.pt")
+    logits = torch.load(path, weights_only=True)["logits"]
+    assert logits.shape == (len(data.train_x), 4) and seen[0] is not None and torch.equal(seen[0], logits)
+    with torch.no_grad():
+        torch.testing.assert_close(logits[:8], model.eval()(data.normalize(data.train_x[:8])))
+    # a new builder reads them from disk; a damaged file is recomputed, never trusted
+    monkeypatch.setattr(build, "outputs", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert torch.equal(Builder(cache_dir=folder, fidelities={"smoke": distilled}).teacher_logits(SPEC), logits)
+    path.write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(build, "outputs", lambda *a, **k: logits + 1)
+    assert torch.equal(Builder(cache_dir=folder).teacher_logits(SPEC), logits + 1)
+    # the presets' budgets are in the cache key: the labels-only preset is measured apart
+    assert b.measure(SPEC) == m
+    Builder(cache_dir=folder).measure(SPEC)
+    assert len(list((folder / "measurements").glob(f"{SPEC.key}-*.json"))) == 2

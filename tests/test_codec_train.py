@@ -161,3 +161,42 @@ def test_pca_init_starts_at_a_good_linear_code() -> None:
     assert pca_init(codec.encoder, codec.decoder, feats)
     with torch.no_grad():
         assert torch.allclose(codec(feats), feats, atol=1e-4)  # exact for rank-3 data
+
+
+class _Recorder(nn.Module):
+    """A teacher that records the shapes it is called on."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape[1:]))
+        return self.model(x)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_codec_distills_from_a_given_teacher_on_images(synthetic, trained_tiny, cache: bool) -> None:
+    head, tail = split_model(trained_tiny, 2)
+    teacher = _Recorder(trained_tiny)
+    train_codec(head, tail, synthetic, CodecConfig("sq", channels=4, bits=2), FAST, cache_features=cache,
+                teacher=teacher)  # fmt: skip
+    assert teacher.shapes and set(teacher.shapes) == {(3, 8, 8)}  # run on images, not on the head's features
+
+
+def test_precomputed_teacher_logits_are_the_targets(synthetic, trained_tiny) -> None:
+    from coinference.evaluate import outputs
+
+    head, tail = split_model(trained_tiny, 2)
+    cfg = CodecConfig("sq", channels=4, bits=2, distill=1.0, finetune_tail=True)
+    logits = outputs(trained_tiny, synthetic, synthetic.train_x)
+    teacher = _Recorder(trained_tiny)
+    a = train_codec(head, tail, synthetic, cfg, FAST, teacher=teacher, teacher_logits=logits)
+    assert teacher.shapes == []  # the cached features' targets are the given logits; the teacher is not run
+    b = train_codec(head, tail, synthetic, cfg, FAST, teacher=teacher, teacher_logits=logits.flip(1))
+    assert any(not torch.equal(p, q) for p, q in zip(a.codec.parameters(), b.codec.parameters(), strict=True))
+    with pytest.raises(ConfigError, match="teacher_logits has 5 rows for 256 training images"):
+        train_codec(head, tail, synthetic, cfg, FAST, teacher=teacher, teacher_logits=logits[:5])
+    with pytest.raises(ConfigError, match="teacher_logits need the teacher"):
+        train_codec(head, tail, synthetic, cfg, FAST, teacher_logits=logits)

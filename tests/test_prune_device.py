@@ -126,7 +126,7 @@ def test_cli_prune_writes_checkpoint(run_cli, tmp_path: Path) -> None:
     out = tmp_path / "tiny.pt"
     code, stdout, err = run_cli(
         "prune", "--model", "tiny-cnn", "--split", "block1", "--sparsity", "0.5",
-        "--activation-sparsity", "0.5", "--steps", "4", "--batch-size", "16", "--out", str(out),
+        "--activation-sparsity", "0.5", "--steps", "4", "--batch-size", "16", "--distill", "0.5", "--out", str(out),
     )  # fmt: skip
     assert code == 0, err
     assert "feature bits" in stdout and "device MACs" in stdout and "accuracy" in stdout
@@ -139,8 +139,32 @@ def test_cli_prune_writes_checkpoint(run_cli, tmp_path: Path) -> None:
         (("--sparsity", "1.5"), "sparsity must be in [0, 1), got 1.5"),
         (("--split", "nowhere"), "split point 'nowhere' does not exist"),
         (("--schedule", "step", "--schedule-steps", "0.1,0.2"), "never reaches the target sparsity 0.5"),
+        (("--distill", "-0.1"), "distill must be in [0, 1], got -0.1"),
     ],
 )
 def test_cli_bad_input_exit_code_2(run_cli, args: tuple[str, ...], message: str) -> None:
     code, _, err = run_cli("prune", "--model", "tiny-cnn", "--steps", "1", *args)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_distillation_from_the_unpruned_model(synthetic, digits_net, monkeypatch: pytest.MonkeyPatch) -> None:
+    import coinference.prune.incremental as inc
+
+    with pytest.raises(ConfigError, match="distill must be in \\[0, 1\\], got 1.5"):
+        PruneConfig(0.5, distill=1.5)
+    seen: list[tuple[int, ...]] = []
+    real = inc.distillation_loss
+
+    def spy(logits, y, teacher, alpha, *a):
+        seen.append(tuple(teacher.shape))
+        assert alpha == 1.0 and not teacher.requires_grad
+        return real(logits, y, teacher, alpha, *a)
+
+    monkeypatch.setattr(inc, "distillation_loss", spy)
+    before = {k: v.clone() for k, v in digits_net.state_dict().items()}
+    kd = prune_device(digits_net, "layer1.1", synthetic, PruneConfig(0.5, train=TRAIN, distill=1.0))
+    assert len(seen) == sum(h.steps for h in kd.history) and set(seen) == {(32, 4)}
+    assert all(torch.equal(v, before[k]) for k, v in digits_net.state_dict().items())
+    seen.clear()
+    prune_device(digits_net, "layer1.1", synthetic, PruneConfig(0.5, train=TRAIN))
+    assert seen == []  # labels only by default, as in the paper

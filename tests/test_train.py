@@ -66,3 +66,21 @@ def test_parameter_groups_scale_the_learning_rate(schedule: str) -> None:
         sched.step()
     lr_a, lr_b = (g["lr"] for g in opt.param_groups)
     assert lr_b == pytest.approx(0.3 * lr_a) and lr_a > 0
+
+
+def test_distillation_loss_blends_labels_and_teacher() -> None:
+    import torch.nn.functional as F
+
+    from coinference.train import KD_TEMPERATURE, distillation_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits, teacher = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    y = torch.tensor([0, 1, 2, 3, 0, 1])
+    ce = F.cross_entropy(logits, y)
+    torch.testing.assert_close(distillation_loss(logits, y, teacher, 0.0), ce)
+    # a student equal to its teacher has no distillation loss, whatever the labels say
+    torch.testing.assert_close(distillation_loss(teacher, y, teacher, 1.0), torch.zeros(()), atol=1e-6, rtol=0)
+    t = KD_TEMPERATURE
+    p = F.softmax(teacher / t, 1)
+    kl = (p * (p.log() - F.log_softmax(logits / t, 1))).sum(1).mean()
+    torch.testing.assert_close(distillation_loss(logits, y, teacher, 0.25), 0.75 * ce + 0.25 * t * t * kl)

@@ -27,10 +27,18 @@ from coinference.codec.entropy import HEADER_BITS, HEADER_BYTES
 from coinference.codec.learned import QuantizedCodec
 from coinference.data import ImageData
 from coinference.errors import CoinferenceError, ConfigError
+from coinference.evaluate import outputs
 from coinference.profile import count_macs
-from coinference.train import StepHooks, TrainConfig, TrainResult, fit, training_batches
+from coinference.train import (
+    StepHooks,
+    TrainConfig,
+    TrainResult,
+    fit,
+    pack_targets,
+    packed_distillation,
+    training_batches,
+)
 
-KD_TEMPERATURE = 2.0
 CACHE_LIMIT_BYTES = 2 * 1024**3
 STATS_SAMPLES = 5000
 
@@ -123,14 +131,9 @@ class TrainedCodec:
         return evaluate_codec(self, head, data, **kwargs)  # type: ignore[arg-type]
 
 
-@torch.no_grad()
 def head_features(head: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored)."""
-    was = head.training
-    head.eval()
-    out = [head(data.normalize(x_uint8[i : i + batch_size])) for i in range(0, len(x_uint8), batch_size)]
-    head.train(was)
-    return torch.cat(out)
+    return outputs(head, data, x_uint8, batch_size)
 
 
 def codec_macs(codec: FeatureCodec) -> tuple[int, int]:
@@ -147,11 +150,6 @@ def codec_macs(codec: FeatureCodec) -> tuple[int, int]:
     return enc[0], dec[0]
 
 
-def _packed_targets(y: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    # fit passes targets through untouched to loss_fn: column 0 is the label, the rest the teacher's logits.
-    return torch.cat([y.to(torch.float32)[:, None], teacher_logits], 1)
-
-
 def _cached_batches(feats: torch.Tensor, targets: torch.Tensor, bs: int, seed: int) -> Iterator:
     gen = torch.Generator().manual_seed(seed + 1)
     bs = min(bs, len(feats))
@@ -162,13 +160,17 @@ def _cached_batches(feats: torch.Tensor, targets: torch.Tensor, bs: int, seed: i
             yield feats[idx], targets[idx]
 
 
-def _live_batches(head: nn.Module, teacher: nn.Module, data: ImageData, cfg: TrainConfig) -> Iterator:
+def _live_batches(
+    head: nn.Module, teacher: nn.Module, data: ImageData, cfg: TrainConfig, image_teacher: nn.Module | None
+) -> Iterator:
     gen = torch.Generator().manual_seed(cfg.seed)
+    if image_teacher is not None:
+        image_teacher.eval()
     for x, y in training_batches(data, cfg, gen):
         with torch.no_grad():  # never yield inside it: grad mode is global and would leak into the caller
             f = head(x)
-            t = teacher(f)
-        yield f, _packed_targets(y, t)
+            t = image_teacher(x) if image_teacher is not None else teacher(f)
+        yield f, pack_targets(y, t)
 
 
 def train_pool(data: ImageData, cfg: TrainConfig) -> torch.Tensor:
@@ -192,6 +194,8 @@ def train_codec(
     *,
     cache_features: bool | None = None,
     train_features: torch.Tensor | None = None,
+    teacher: nn.Module | None = None,
+    teacher_logits: torch.Tensor | None = None,
 ) -> TrainedCodec:
     """Build a codec for ``head``'s output and train it through ``tail`` (see the module docstring).
 
@@ -203,6 +207,10 @@ def train_codec(
         train_cfg: budget of the codec phase.
         cache_features: compute the head's outputs once (no augmentation); None = when they fit in 2 GiB.
         train_features: those outputs, precomputed by :func:`training_features` (shared by several codecs).
+        teacher: a model (normalised images → logits) to distill from, e.g. the unpruned base model; default:
+            ``tail`` on the uncoded head output.
+        teacher_logits: ``teacher``'s logits on every training image, (len(data.train_x), classes), precomputed
+            (e.g. :meth:`coinference.build.Builder.teacher_logits`); used with cached features.
 
     Raises:
         ConfigError: sizes that do not fit the head's output. TrainingError: non-finite loss.
@@ -216,6 +224,10 @@ def train_codec(
     pool = train_pool(data, train_cfg)
     if train_features is not None and tuple(train_features.shape) != (len(pool), *shape):
         raise ConfigError(f"train_features {tuple(train_features.shape)} do not match {len(pool)} × {shape}")
+    if teacher_logits is not None and teacher is None:
+        raise ConfigError("teacher_logits need the teacher they come from (augmented live batches run it)")
+    if teacher_logits is not None and len(teacher_logits) != len(data.train_x):
+        raise ConfigError(f"teacher_logits has {len(teacher_logits)} rows for {len(data.train_x)} training images")
     cache = cache_features if cache_features is not None else len(pool) * 4 * math.prod(shape) <= CACHE_LIMIT_BYTES
     if train_features is None and codec_cfg.trainable and cache:
         train_features = head_features(head, data, data.train_x[pool])
@@ -232,7 +244,14 @@ def train_codec(
     grads = {p: p.requires_grad for p in tail.parameters()}
     try:
         if codec_cfg.trainable:
-            result = _train(codec, head, tail, trained_tail, data, codec_cfg, train_cfg, pool, train_features)
+            targets = None  # the cached features' distillation targets (None: the tail's, computed by _train)
+            if train_features is not None and teacher_logits is not None:
+                targets = teacher_logits[pool]
+            elif train_features is not None and teacher is not None:
+                targets = outputs(teacher, data, data.train_x[pool])
+            result = _train(
+                codec, head, teacher, tail, trained_tail, data, codec_cfg, train_cfg, pool, train_features, targets
+            )
         codec.eval()
         codec.set_coding(True)
         codec.fit_statistics(stats)
@@ -249,6 +268,7 @@ def train_codec(
 def _train(
     codec: FeatureCodec,
     head: nn.Module,
+    image_teacher: nn.Module | None,
     teacher: nn.Module,
     tail: nn.Module,
     data: ImageData,
@@ -256,6 +276,7 @@ def _train(
     tcfg: TrainConfig,
     pool: torch.Tensor,
     feats: torch.Tensor | None,
+    teacher_logits: torch.Tensor | None,
 ) -> TrainResult:
     finetune = ccfg.finetune_tail
     for p in teacher.parameters():
@@ -263,18 +284,19 @@ def _train(
     for p in tail.parameters():
         p.requires_grad_(finetune)
     if feats is not None:
-        with torch.no_grad():
-            logits = torch.cat([teacher(feats[i : i + 500]) for i in range(0, len(feats), 500)])
-        batches = _cached_batches(feats, _packed_targets(data.train_y[pool], logits), tcfg.batch_size, tcfg.seed)
+        logits = teacher_logits
+        if logits is None:
+            with torch.no_grad():
+                logits = torch.cat([teacher(feats[i : i + 500]) for i in range(0, len(feats), 500)])
+        batches = _cached_batches(feats, pack_targets(data.train_y[pool], logits), tcfg.batch_size, tcfg.seed)
     else:
-        batches = _live_batches(head, teacher, data, tcfg)
+        batches = _live_batches(head, teacher, data, tcfg, image_teacher)
     total = tcfg.total_steps(len(data.train_x))
     # Warm-up trains the bottleneck (and tail) without quantization; with neither there is nothing to warm up
     # (the loss would not depend on any trainable parameter), so quantization starts at step 0.
     bottleneck = [p for m in (getattr(codec, "encoder", None), getattr(codec, "decoder", None)) if m is not None
                   for p in m.parameters()]  # fmt: skip
     warm = int(ccfg.warmup * total) if bottleneck or finetune else 0
-    alpha, t = ccfg.distill, KD_TEMPERATURE
     recon: list[torch.Tensor] = [torch.zeros(())]
 
     def forward(f: torch.Tensor) -> torch.Tensor:
@@ -283,14 +305,10 @@ def _train(
             recon[0] = F.mse_loss(decoded, f) / f.detach().var().clamp_min(1e-12)
         return tail(decoded)
 
-    def loss_fn(logits: torch.Tensor, packed: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
-        y, teach = packed[:, 0].long(), packed[:, 1:]
-        loss = (1 - alpha) * F.cross_entropy(logits, y)
-        if alpha > 0:
-            student, target = F.log_softmax(logits / t, 1), F.log_softmax(teach / t, 1)
-            kd = F.kl_div(student, target, log_target=True, reduction="batchmean")
-            loss = loss + alpha * t * t * kd
-        return loss + codec.aux_loss + ccfg.recon * recon[0]
+    distilled = packed_distillation(ccfg.distill)
+
+    def loss_fn(logits: torch.Tensor, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return distilled(logits, packed, x) + codec.aux_loss + ccfg.recon * recon[0]
 
     def before(step: int) -> None:
         if step == 0 or step == warm:

@@ -59,6 +59,9 @@ def prune(
         str | None, typer.Option(help="Step schedule as a list, e.g. 0.25,0.4,0.5 (last = --sparsity).")
     ] = None,
     residual: Annotated[str, typer.Option(help="Residual groups: joint (pruned as units) or keep.")] = "joint",
+    distill: Annotated[
+        float, typer.Option(help="Weight of distillation from the unpruned model's logits, in [0, 1] (0: labels).")
+    ] = 0.0,
     optimizer: Annotated[str, typer.Option(help="sgd or adam.")] = "sgd",
     lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 0.01,
     epochs: Annotated[float, typer.Option(help="Fine-tuning epochs over the subset, all iterations together.")] = 1.0,
@@ -76,7 +79,9 @@ def prune(
     )
     if method == "incremental":
         sched = Schedule(kind=schedule, iterations=iterations, steps=_steps_list(schedule_steps))
-        cfg: PruneConfig | TwoStepConfig = PruneConfig(sparsity, activation_sparsity, sched, train, residual)
+        cfg: PruneConfig | TwoStepConfig = PruneConfig(
+            sparsity, activation_sparsity, sched, train, residual, distill=distill
+        )
     elif method == "two-step":
         cfg = TwoStepConfig(activation_sparsity=activation_sparsity, round_train=train)
     else:
