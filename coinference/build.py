@@ -225,7 +225,12 @@ class Builder:
                     train=None if nothing else train,
                     distill=fid.prune_distill,
                 )
-                cached = fid.base_teacher and cfg.distill > 0 and resolve_augment(train.augment, data) == "none"
+                cached = (
+                    fid.base_teacher
+                    and cfg.train is not None
+                    and cfg.distill > 0
+                    and resolve_augment(cfg.train.augment, data) == "none"
+                )
                 pruned = prune_device(model, spec.split, data, cfg, self.teacher_logits(spec) if cached else None)
             tmp = path.with_suffix(".tmp")
             save_pruned(pruned, tmp, spec.model)
