@@ -89,6 +89,13 @@ def main() -> None:
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.25, 0.5, 0.75])
     ap.add_argument("--runs-b1", type=int, default=200)
     ap.add_argument("--runs-b64", type=int, default=30)
+    ap.add_argument(
+        "--residual",
+        choices=["joint", "keep"],
+        default="joint",
+        help="residual groups pruned as units (joint, default) or left whole (keep: inner channels only)",
+    )
+    ap.add_argument("--runtimes", nargs="+", choices=list(RUNTIMES), default=list(RUNTIMES))
     ap.add_argument("--out", default="runs/bench")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -98,17 +105,19 @@ def main() -> None:
     net = build_model("resnet20", args.weights)
     xs = {1: data.normalize(data.test_x[:1]), 64: data.normalize(data.test_x[:64])}
     rows = []
-    print("| split | S | ÷ MACs | " + " | ".join(f"{r} b1 | {r} b64" for r in RUNTIMES) + " |")
-    print("|---|---:|---:|" + "---:|---:|" * len(RUNTIMES))
+    runtimes = {name: RUNTIMES[name] for name in args.runtimes}
+    print("| split | S | ÷ MACs | " + " | ".join(f"{r} b1 | {r} b64" for r in runtimes) + " |")
+    print("|---|---:|---:|" + "---:|---:|" * len(runtimes))
     for split in args.splits:
         dense, _ = split_model(net, split)
         dense.eval()
         d_macs, _ = device_cost(dense, data.input_shape)
         for s in args.sparsities:
-            pd = prune_device(net, split, data, PruneConfig(s, 0.0, Schedule("cubic", iterations=4), None))
+            cfg = PruneConfig(s, 0.0, Schedule("cubic", iterations=4), None, args.residual)
+            pd = prune_device(net, split, data, cfg)
             red = d_macs / pd.device_macs
-            row: dict = {"split": split, "sparsity": s, "mac_reduction": red}
-            for name, (prepare, context) in RUNTIMES.items():
+            row: dict = {"split": split, "sparsity": s, "residual": args.residual, "mac_reduction": red}
+            for name, (prepare, context) in runtimes.items():
                 for b, x in xs.items():
                     a, xa = prepare(private_copy(dense), x)
                     p, _ = prepare(private_copy(pd.head), x)
@@ -117,12 +126,13 @@ def main() -> None:
                     row[f"{name}_b{b}_ms"] = (1e3 * ta, 1e3 * tp)
                     row[f"{name}_b{b}_ratio"] = ta / tp / red
             rows.append(row)
-            cells = " | ".join(f"{row[f'{n}_b1_ratio']:.2f} | {row[f'{n}_b64_ratio']:.2f}" for n in RUNTIMES)
+            cells = " | ".join(f"{row[f'{n}_b1_ratio']:.2f} | {row[f'{n}_b64_ratio']:.2f}" for n in runtimes)
             print(f"| {split} | {s:g} | {red:.2f} | {cells} |", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "prune-runtimes.json").write_text(json.dumps(rows, indent=1))
-    print(f"cells: speed-up ÷ MAC reduction (1 thread, medians); JSON: {out / 'prune-runtimes.json'}")
+    path = out / ("prune-runtimes.json" if args.residual == "joint" else f"prune-runtimes-{args.residual}.json")
+    path.write_text(json.dumps(rows, indent=1))
+    print(f"cells: speed-up ÷ MAC reduction (1 thread, medians); JSON: {path}")
 
 
 if __name__ == "__main__":
