@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -66,6 +68,13 @@ def _versions() -> dict[str, str]:
     import coinference
 
     return {"coinference": coinference.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+def _tmp_name(path: Path) -> Path:
+    """A temporary name beside ``path``, private to this process (parallel search workers write the same cache
+    entries, e.g. the base model's logits, at once; each renames its own complete file into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f"{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
 def _digest(obj: Any) -> str:
@@ -185,7 +194,7 @@ class Builder:
         if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(data.train_x):
             logits = outputs(model, data, data.train_x)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
+            tmp = _tmp_name(path)
             torch.save({"logits": logits}, tmp)
             tmp.replace(path)
         self._teacher[key] = logits
@@ -232,7 +241,7 @@ class Builder:
                     and resolve_augment(cfg.train.augment, data) == "none"
                 )
                 pruned = prune_device(model, spec.split, data, cfg, self.teacher_logits(spec) if cached else None)
-            tmp = path.with_suffix(".tmp")
+            tmp = _tmp_name(path)
             save_pruned(pruned, tmp, spec.model)
             tmp.replace(path)
         self._pruned[key] = pruned
@@ -300,7 +309,7 @@ class Builder:
         if self.keep_artifacts:
             save_variant(built, self.cache / "variants" / spec.key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = _tmp_name(path)
         tmp.write_text(json.dumps(built.measurement.to_dict(), indent=1))
         tmp.replace(path)
         return built.measurement

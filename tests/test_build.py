@@ -180,3 +180,24 @@ def test_base_teacher_logits_cached_once_per_base(cache: Path, monkeypatch: pyte
     assert b.measure(SPEC) == m
     Builder(cache_dir=folder).measure(SPEC)
     assert len(list((folder / "measurements").glob(f"{SPEC.key}-*.json"))) == 2
+
+
+def test_parallel_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
+    import threading
+
+    target = tmp_path / "teacher" / "key.pt"
+    names: list[Path] = []
+    both_alive = threading.Barrier(2)  # thread ids are unique only among live threads, as are the writers
+
+    def writer() -> None:
+        names.append(build._tmp_name(target))
+        both_alive.wait()
+
+    workers = [threading.Thread(target=writer) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    names.append(build._tmp_name(target))
+    assert len(set(names)) == 3 and all(n.parent == target.parent and n.name.endswith(".tmp") for n in names)
+    assert target.parent.is_dir()
