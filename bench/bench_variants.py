@@ -83,8 +83,8 @@ def timed_build(
         if shared.is_dir() and not (root / "teacher").exists():
             shutil.copytree(shared, root / "teacher")
         out = _timed_build(args, spec, label, Builder(args.weights, args.data_dir, root, False, {"fast": fid}))
-        if (root / "teacher").is_dir() and not shared.exists():
-            shutil.copytree(root / "teacher", shared)
+        if (root / "teacher").is_dir() and root / "teacher" != shared:
+            shutil.copytree(root / "teacher", shared, dirs_exist_ok=True)
         return out
 
 

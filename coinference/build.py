@@ -180,8 +180,9 @@ class Builder:
         """The base model's logits on every (unaugmented) training image, (N, classes): distillation targets of
         the codec phase. Computed once per base model and cached on disk, like the base model itself."""
         model, data = self.base(spec)
-        key = _digest([spec.model, spec.dataset, self.weights_sha, spec.fidelity if self.weights is None else "",
-                       spec.seed, len(data.train_x)])  # fmt: skip
+        scratch = self.weights is None  # a base trained from scratch depends on the preset and the seed
+        key = _digest([spec.model, spec.dataset, self.weights_sha, spec.fidelity if scratch else "",
+                       spec.seed if scratch else 0, len(data.train_x)])  # fmt: skip
         if key in self._teacher:
             return self._teacher[key]
         path = self.cache / "teacher" / f"{key}.pt"
@@ -258,7 +259,7 @@ class Builder:
         if fid.codec_tail and ccfg.kind not in ("none", "huffman"):
             ccfg = replace(ccfg, finetune_tail=True)
         ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, len(pruned.kept_channels))
-        base = fid.base_teacher
+        base = fid.base_teacher and ccfg.trainable  # huffman and none learn nothing: no distillation targets
         codec = train_codec(
             pruned.head,
             server_in,

@@ -29,7 +29,8 @@ class Fidelity:
     """Weight of distillation from the unpruned base model's logits in the pruning phase (0: labels only)."""
     base_teacher: bool = False
     """The codec phase distills from the unpruned base model's logits (computed once per base model and cached on
-    disk) instead of the pruned, uncoded model's; so does the pruning phase when it trains without augmentation."""
+    disk) instead of the pruned, uncoded model's. A distilled pruning phase (``prune_distill > 0``) that trains
+    without augmentation takes its targets from the same cached logits instead of running the base model."""
 
 
 FIDELITIES: Registry[Fidelity] = Registry("fidelity")
@@ -45,7 +46,7 @@ for _f in (
     Fidelity(
         "fast",
         TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
-        # 6,400 images, each seen once: augmentation adds nothing, and without it the base model's logits
+        # 6,400 image draws, nearly all distinct: augmentation adds nothing, and without it the base model's logits
         # (computed once per base model) are the distillation targets
         TrainConfig(steps=100, batch_size=64, lr=0.01, schedule="cosine", augment="none"),
         # head outputs of 19,200 training images are computed once and each used once (150 × 128)

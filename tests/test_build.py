@@ -149,7 +149,7 @@ def test_codec_without_conv_or_fc_builds(cache: Path) -> None:
     assert m.bits_mean > 0 and m.encoder_macs == 0
 
 
-def test_base_teacher_logits_cached_once_per_base(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_base_teacher_logits_cached_on_disk(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke = FIDELITIES.get("smoke")
     distilled = replace(smoke, prune_distill=0.9, base_teacher=True)
     folder = cache / "teacher-run"

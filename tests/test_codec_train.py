@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import pytest
 import torch
@@ -179,10 +180,11 @@ class _Recorder(nn.Module):
 @pytest.mark.parametrize("cache", [True, False])
 def test_codec_distills_from_a_given_teacher_on_images(synthetic, trained_tiny, cache: bool) -> None:
     head, tail = split_model(trained_tiny, 2)
-    teacher = _Recorder(trained_tiny)
+    teacher = _Recorder(copy.deepcopy(trained_tiny).train())
     train_codec(head, tail, synthetic, CodecConfig("sq", channels=4, bits=2), FAST, cache_features=cache,
                 teacher=teacher)  # fmt: skip
     assert teacher.shapes and set(teacher.shapes) == {(3, 8, 8)}  # run on images, not on the head's features
+    assert teacher.training and teacher.model.training  # the caller's mode is left as it was
 
 
 def test_precomputed_teacher_logits_are_the_targets(synthetic, trained_tiny) -> None:
@@ -196,6 +198,12 @@ def test_precomputed_teacher_logits_are_the_targets(synthetic, trained_tiny) -> 
     assert teacher.shapes == []  # the cached features' targets are the given logits; the teacher is not run
     b = train_codec(head, tail, synthetic, cfg, FAST, teacher=teacher, teacher_logits=logits.flip(1))
     assert any(not torch.equal(p, q) for p, q in zip(a.codec.parameters(), b.codec.parameters(), strict=True))
+    # with a training subset the logits of the subset's images are the targets: the same run as the teacher's own
+    sub = replace(FAST, subset=100)
+    c = train_codec(head, tail, synthetic, cfg, sub, teacher=trained_tiny, teacher_logits=logits)
+    d = train_codec(head, tail, synthetic, cfg, sub, teacher=trained_tiny)
+    for p, q in zip(c.codec.parameters(), d.codec.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     with pytest.raises(ConfigError, match="teacher_logits has 5 rows for 256 training images"):
         train_codec(head, tail, synthetic, cfg, FAST, teacher=teacher, teacher_logits=logits[:5])
     with pytest.raises(ConfigError, match="teacher_logits need the teacher"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,7 @@ def test_cli_prune_writes_checkpoint(run_cli, tmp_path: Path) -> None:
         (("--split", "nowhere"), "split point 'nowhere' does not exist"),
         (("--schedule", "step", "--schedule-steps", "0.1,0.2"), "never reaches the target sparsity 0.5"),
         (("--distill", "-0.1"), "distill must be in [0, 1], got -0.1"),
+        (("--method", "two-step", "--distill", "0.5"), "--distill 0.5 applies to the incremental method"),
     ],
 )
 def test_cli_bad_input_exit_code_2(run_cli, args: tuple[str, ...], message: str) -> None:
@@ -168,3 +170,25 @@ def test_distillation_from_the_unpruned_model(synthetic, digits_net, monkeypatch
     seen.clear()
     prune_device(digits_net, "layer1.1", synthetic, PruneConfig(0.5, train=TRAIN))
     assert seen == []  # labels only by default, as in the paper
+
+
+def test_precomputed_teacher_logits_replace_the_live_teacher(synthetic, digits_net) -> None:
+    from coinference.evaluate import outputs
+
+    plain = TrainConfig(steps=8, batch_size=32, lr=0.02, augment="none")
+    cfg = PruneConfig(0.5, train=plain, distill=0.9)
+    logits = outputs(digits_net, synthetic, synthetic.train_x)
+    live = prune_device(digits_net, "layer1.1", synthetic, cfg)
+    cached = prune_device(digits_net, "layer1.1", synthetic, cfg, logits)
+    x = synthetic.normalize(synthetic.test_x[:16])
+    shuffled = prune_device(digits_net, "layer1.1", synthetic, cfg, logits[torch.randperm(len(logits))])
+    with torch.no_grad():
+        torch.testing.assert_close(cached.end_to_end()(x), live.end_to_end()(x), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(shuffled.end_to_end()(x), live.end_to_end()(x), atol=1e-3)
+    with pytest.raises(ConfigError, match="need distill > 0 and augment none"):
+        cropped = PruneConfig(0.5, train=replace(plain, augment="crop"), distill=0.9)
+        prune_device(digits_net, "layer1.1", synthetic, cropped, logits)
+    with pytest.raises(ConfigError, match="need distill > 0 and augment none"):
+        prune_device(digits_net, "layer1.1", synthetic, PruneConfig(0.5, train=plain), logits)
+    with pytest.raises(ConfigError, match="teacher_logits has 3 rows for 256 training images"):
+        prune_device(digits_net, "layer1.1", synthetic, cfg, logits[:3])

@@ -63,7 +63,8 @@ class CodecConfig:
     warmup: float = 0.2
     """Fraction of the training steps run without quantization/channel before they are switched on."""
     distill: float = 0.5
-    """Weight of distillation from the uncoded model's logits (temperature 2); 1 - distill weighs the labels."""
+    """Weight of distillation (temperature 2) from the uncoded model's logits, or from a given teacher's (e.g. the
+    unpruned base model); 1 - distill weighs the labels."""
     init: str = "pca"
     """Start of a spatial conv bottleneck without FC (sq, vq): "pca" (principal components of the training
     feature patches) or "random"."""

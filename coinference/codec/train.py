@@ -164,13 +164,20 @@ def _live_batches(
     head: nn.Module, teacher: nn.Module, data: ImageData, cfg: TrainConfig, image_teacher: nn.Module | None
 ) -> Iterator:
     gen = torch.Generator().manual_seed(cfg.seed)
-    if image_teacher is not None:
-        image_teacher.eval()
     for x, y in training_batches(data, cfg, gen):
         with torch.no_grad():  # never yield inside it: grad mode is global and would leak into the caller
             f = head(x)
-            t = image_teacher(x) if image_teacher is not None else teacher(f)
+            t = teacher(f) if image_teacher is None else _eval_forward(image_teacher, x)
         yield f, pack_targets(y, t)
+
+
+def _eval_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model(x)`` in eval mode, the model's mode restored (the teacher may be a caller's shared model)."""
+    was = model.training
+    model.eval()
+    out = model(x)
+    model.train(was)
+    return out
 
 
 def train_pool(data: ImageData, cfg: TrainConfig) -> torch.Tensor:

@@ -83,6 +83,8 @@ def prune(
             sparsity, activation_sparsity, sched, train, residual, distill=distill
         )
     elif method == "two-step":
+        if distill:
+            raise ConfigError(f"--distill {distill} applies to the incremental method, not two-step")
         cfg = TwoStepConfig(activation_sparsity=activation_sparsity, round_train=train)
     else:
         raise ConfigError(f"pruning method {method!r} unknown; valid: incremental, two-step")
