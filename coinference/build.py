@@ -22,9 +22,10 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -45,6 +46,7 @@ from coinference.variant import Measurement, VariantSpec
 from coinference.zoo import SplittableModel, file_sha256
 
 DEFAULT_CACHE = Path("runs/cache")
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -68,6 +70,30 @@ def _versions() -> dict[str, str]:
     import coinference
 
     return {"coinference": coinference.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+
+
+def _disk_cached(
+    path: Path,
+    load: Callable[[Path], T | None],
+    compute: Callable[[], T],
+    save: Callable[[T, Path], object],
+    damaged: tuple[type[BaseException], ...],
+) -> T:
+    """The cache entry at ``path``: ``load``ed when present and sound (``load`` returns None or raises one of
+    ``damaged`` for an entry that must not be trusted), else ``compute``d and saved, whole, under a private
+    temporary name renamed into place."""
+    value = None
+    if path.is_file():
+        try:
+            value = load(path)
+        except damaged:  # a damaged cache entry is rebuilt, never trusted
+            value = None
+    if value is None:
+        value = compute()
+        tmp = _tmp_name(path)
+        save(value, tmp)
+        tmp.replace(path)
+    return value
 
 
 def _tmp_name(path: Path) -> Path:
@@ -185,74 +211,72 @@ class Builder:
                        spec.seed if scratch else 0, len(data.train_x)])  # fmt: skip
         if key in self._teacher:
             return self._teacher[key]
-        path = self.cache / "teacher" / f"{key}.pt"
-        logits = None
-        if path.is_file():
-            try:
-                logits = torch.load(path, weights_only=True)["logits"]
-            except Exception:  # a damaged cache entry is recomputed, never trusted
-                logits = None
-        if not isinstance(logits, torch.Tensor) or logits.shape[0] != len(data.train_x):
-            logits = outputs(model, data, data.train_x)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _tmp_name(path)
-            torch.save({"logits": logits}, tmp)
-            tmp.replace(path)
+
+        def load(path: Path) -> torch.Tensor | None:
+            logits = torch.load(path, weights_only=True)["logits"]
+            ok = isinstance(logits, torch.Tensor) and logits.shape[0] == len(data.train_x)
+            return logits if ok else None
+
+        logits = _disk_cached(
+            self.cache / "teacher" / f"{key}.pt",
+            load,
+            lambda: outputs(model, data, data.train_x),
+            lambda logits, tmp: torch.save({"logits": logits}, tmp),
+            damaged=(Exception,),
+        )
         self._teacher[key] = logits
         return logits
 
     def prune(self, spec: VariantSpec, fid: Fidelity) -> PrunedDevice:
         """Phase 1 for ``spec`` (cached in memory and on disk)."""
-        model, data = self.base(spec)
+        self.base(spec)  # a spec for other base weights fails here, even on a cache hit
         key = _digest(
             [spec.model, spec.dataset, spec.weights_sha256, spec.split, spec.sparsity, spec.schedule, spec.pruning,
              spec.activation_sparsity, fid.prune, spec.seed] + ([fid.prune_distill] if fid.prune_distill else [])
         )  # fmt: skip
         if key in self._pruned:
             return self._pruned[key]
-        path = self.cache / "pruned" / f"{key}.pt"
-        pruned = None
-        if path.is_file():
-            try:
-                pruned = load_pruned(path)
-            except CheckpointError:
-                pruned = None  # a damaged cache entry is rebuilt, never trusted
-        if pruned is None:
-            train = replace(fid.prune, seed=spec.seed)
-            if spec.pruning == "two-step":
-                cfg2 = TwoStepConfig(
-                    activation_sparsity=spec.activation_sparsity,
-                    round_train=replace(train, steps=max(1, train.total_steps(len(data.train_x)) // 20)),
-                    eval_images=min(1000, len(data.test_x)),
-                )
-                pruned = prune_two_step(model, spec.split, data, cfg2)
-            else:
-                nothing = spec.sparsity == 0 and spec.activation_sparsity == 0
-                cfg = PruneConfig(
-                    sparsity=spec.sparsity,
-                    activation_sparsity=spec.activation_sparsity,
-                    schedule=spec.schedule,
-                    train=None if nothing else train,
-                    distill=fid.prune_distill,
-                )
-                cached = (
-                    fid.base_teacher
-                    and cfg.train is not None
-                    and cfg.distill > 0
-                    and resolve_augment(cfg.train.augment, data) == "none"
-                )
-                pruned = prune_device(model, spec.split, data, cfg, self.teacher_logits(spec) if cached else None)
-            tmp = _tmp_name(path)
-            save_pruned(pruned, tmp, spec.model)
-            tmp.replace(path)
+        pruned = _disk_cached(
+            self.cache / "pruned" / f"{key}.pt",
+            load_pruned,
+            lambda: self._prune_now(spec, fid),
+            lambda pruned, tmp: save_pruned(pruned, tmp, spec.model),
+            damaged=(CheckpointError,),
+        )
         self._pruned[key] = pruned
         return pruned
+
+    def _prune_now(self, spec: VariantSpec, fid: Fidelity) -> PrunedDevice:
+        model, data = self.base(spec)
+        train = replace(fid.prune, seed=spec.seed)
+        if spec.pruning == "two-step":
+            cfg2 = TwoStepConfig(
+                activation_sparsity=spec.activation_sparsity,
+                round_train=replace(train, steps=max(1, train.total_steps(len(data.train_x)) // 20)),
+                eval_images=min(1000, len(data.test_x)),
+            )
+            return prune_two_step(model, spec.split, data, cfg2)
+        nothing = spec.sparsity == 0 and spec.activation_sparsity == 0
+        cfg = PruneConfig(
+            sparsity=spec.sparsity,
+            activation_sparsity=spec.activation_sparsity,
+            schedule=spec.schedule,
+            train=None if nothing else train,
+            distill=fid.prune_distill,
+        )
+        cached = (
+            fid.base_teacher
+            and cfg.train is not None
+            and cfg.distill > 0
+            and resolve_augment(cfg.train.augment, data) == "none"
+        )
+        return prune_device(model, spec.split, data, cfg, self.teacher_logits(spec) if cached else None)
 
     def build(self, spec: VariantSpec) -> BuiltVariant:
         """Build and measure ``spec`` (no measurement cache; see :meth:`measure`)."""
         t0 = time.perf_counter()
         fid = self.fidelity(spec)
-        _, data = self.base(spec)
+        model, data = self.base(spec)
         pruned = self.prune(spec, fid)
         server_in = nn.Sequential(Expand(pruned.kept_channels, pruned.feature_shape[0]), pruned.tail)
         ccfg = codec_config(spec)
@@ -266,7 +290,7 @@ class Builder:
             data,
             ccfg,
             replace(fid.codec, seed=spec.seed),
-            teacher=self.base(spec)[0] if base else None,
+            teacher=model if base else None,
             teacher_logits=self.teacher_logits(spec) if base else None,
         )
         test = data.first_test(fid.test_limit)
@@ -309,7 +333,6 @@ class Builder:
         built = self.build(spec)
         if self.keep_artifacts:
             save_variant(built, self.cache / "variants" / spec.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _tmp_name(path)
         tmp.write_text(json.dumps(built.measurement.to_dict(), indent=1))
         tmp.replace(path)

@@ -2,20 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
 from coinference.data import ImageData
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block; its mode is restored afterwards (it may be a caller's shared model)."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def outputs(model: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     """``model``'s outputs (float32; logits of a classifier, features of a head) for uint8 images (N, C, H, W),
     batched, in eval mode (the model's mode is restored)."""
-    was_training = model.training
-    model.eval()
-    out = [model(data.normalize(x_uint8[i : i + batch_size])) for i in range(0, len(x_uint8), batch_size)]
-    model.train(was_training)
+    with eval_mode(model):
+        out = [model(data.normalize(x_uint8[i : i + batch_size])) for i in range(0, len(x_uint8), batch_size)]
     return torch.cat(out)
 
 

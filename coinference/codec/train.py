@@ -27,7 +27,7 @@ from coinference.codec.entropy import HEADER_BITS, HEADER_BYTES
 from coinference.codec.learned import QuantizedCodec
 from coinference.data import ImageData
 from coinference.errors import CoinferenceError, ConfigError
-from coinference.evaluate import outputs
+from coinference.evaluate import eval_mode, outputs
 from coinference.profile import count_macs
 from coinference.train import (
     StepHooks,
@@ -167,17 +167,12 @@ def _live_batches(
     for x, y in training_batches(data, cfg, gen):
         with torch.no_grad():  # never yield inside it: grad mode is global and would leak into the caller
             f = head(x)
-            t = teacher(f) if image_teacher is None else _eval_forward(image_teacher, x)
+            if image_teacher is None:
+                t = teacher(f)
+            else:
+                with eval_mode(image_teacher):
+                    t = image_teacher(x)
         yield f, pack_targets(y, t)
-
-
-def _eval_forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``model(x)`` in eval mode, the model's mode restored (the teacher may be a caller's shared model)."""
-    was = model.training
-    model.eval()
-    out = model(x)
-    model.train(was)
-    return out
 
 
 def train_pool(data: ImageData, cfg: TrainConfig) -> torch.Tensor:
