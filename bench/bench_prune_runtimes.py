@@ -1,4 +1,4 @@
-"""Does a CPU runtime turn pruning's MAC cut into speed? Shrunk vs dense ResNet-20 heads under five runtimes.
+"""Does a CPU runtime turn pruning's MAC cut into speed? Shrunk vs dense ResNet-20 heads under six runtimes.
 
 The shrunk heads come from the target mask applied in one shot (latency does not depend on the weights' values,
 so no fine-tuning is needed here; ``bench_prune.py`` measures accuracy). For each split and sparsity, each runtime
@@ -11,7 +11,9 @@ speed-up ÷ MAC reduction — the figure issue 3 asks to be ≥ 0.7:
 * ``nhwc``: eager with channels-last tensors;
 * ``no-onednn``: eager with oneDNN disabled (PyTorch's own im2col + GEMM convolution);
 * ``onnxruntime``: the ONNX graph ``coinfer export`` writes for a device, run by onnxruntime (one intra-op
-  thread, all graph optimisations: BN folding, conv + activation fusion, NCHWc layouts).
+  thread, all graph optimisations: BN folding, conv + activation fusion, NCHWc layouts);
+* ``inductor``: ``torch.compile`` (``max-autotune-no-cudagraphs``, static shapes) with inductor's freezing (BN
+  folded, weights prepacked, pointwise ops fused into generated C++); compiled per model and batch size.
 
     .venv/bin/python bench/bench_prune_runtimes.py --data-dir ../shared/data/cifar10 \\
         --weights ../shared/data/weights/resnet20-12fca82f.th
@@ -68,6 +70,19 @@ class OrtModule(nn.Module):
         return torch.from_numpy(self.session.run(None, {"x": x.numpy()})[0])
 
 
+def compiled(m: nn.Module, x: torch.Tensor) -> nn.Module:
+    import torch._dynamo
+    import torch._inductor.config
+
+    torch._inductor.config.freezing = True
+    # every head is an nn.Sequential: one code object, recompiled per model and batch size, never left to eager
+    torch._dynamo.config.recompile_limit = 1024
+    c = torch.compile(m.eval(), mode="max-autotune-no-cudagraphs", dynamic=False)
+    with torch.no_grad():
+        c(x)
+    return c
+
+
 Prepare = Callable[[nn.Module, torch.Tensor], tuple[nn.Module, torch.Tensor]]
 RUNTIMES: dict[str, tuple[Prepare, Callable[[], AbstractContextManager]]] = {
     "eager": (lambda m, x: (m, x), nullcontext),
@@ -78,7 +93,12 @@ RUNTIMES: dict[str, tuple[Prepare, Callable[[], AbstractContextManager]]] = {
     ),
     "no-onednn": (lambda m, x: (m, x), lambda: torch.backends.mkldnn.flags(enabled=False)),
     "onnxruntime": (lambda m, x: (OrtModule(m, x), x), nullcontext),
+    "inductor": (lambda m, x: (compiled(m, x), x), torch.no_grad),
 }
+
+
+DEFAULT_RUNTIMES = ["eager", "jit", "nhwc", "no-onednn", "onnxruntime"]
+"""The runtimes of the main table (``inductor`` compiles each head for a few seconds: ask for it by name)."""
 
 
 def main() -> None:
@@ -95,7 +115,7 @@ def main() -> None:
         default="joint",
         help="residual groups pruned as units (joint, default) or left whole (keep: inner channels only)",
     )
-    ap.add_argument("--runtimes", nargs="+", choices=list(RUNTIMES), default=list(RUNTIMES))
+    ap.add_argument("--runtimes", nargs="+", choices=list(RUNTIMES), default=DEFAULT_RUNTIMES)
     ap.add_argument("--out", default="runs/bench")
     args = ap.parse_args()
     torch.set_num_threads(1)

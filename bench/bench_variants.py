@@ -3,7 +3,7 @@ baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and
 
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
-        --weights runs/base/resnet20-cifar10.pt [--parts timing,ablation,phases,curve,rank,table] \
+        --weights runs/base/resnet20-cifar10.pt [--parts layout,timing,ablation,phases,curve,rank,table] \
         [--out runs/bench/variants]
 
 Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
@@ -12,9 +12,11 @@ Measurements are cached under --cache (by spec hash), so a re-run only builds wh
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import shutil
+import statistics
 import tempfile
 import time
 from dataclasses import replace
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy.stats import kendalltau
 
 from coinference.base import recorded_accuracy
@@ -34,7 +37,7 @@ from coinference.plots import plot_latency_vs_bandwidth, plot_macs_vs_bits
 from coinference.profile import profile_model
 from coinference.train import TrainConfig
 from coinference.variant import CodecSpec, Measurement, VariantSpec, codec_for_ratio
-from coinference.zoo import file_sha256
+from coinference.zoo import file_sha256, split_model
 
 OURS: list[tuple[str, float, float | CodecSpec]] = [
     # (split, sparsity, compression ratio at 2 bits, or a codec); codec_for_ratio turns a ratio into conv sizes
@@ -110,15 +113,35 @@ def _timed_build(args: argparse.Namespace, spec: VariantSpec, label: str, b: Bui
 
 
 def timing(args: argparse.Namespace, spec: VariantSpec) -> dict:
-    """One fast variant, and the same spec with a 5× longer schedule, built side by side (fresh caches)."""
+    """One fast variant, and the same spec with a 5× longer schedule, built side by side (fresh caches), for each
+    of ``--seeds`` (a build's accuracy moves by a few tenths of a point with the seed: the subset, the order and
+    the codec's start)."""
     fast = FIDELITIES.get("fast")
+    runs = []
+    for seed in args.seeds:
+        s = spec.with_(seed=seed)
+        one = timed_build(args, s, f"fast s{seed}", fast)
+        five = timed_build(args, s, f"5× s{seed}", scaled(fast, 5))
+        gap = five["accuracy_whole_test"] - one["accuracy_whole_test"]
+        print(f"seed {seed}: accuracy gap (5× − 1×) {100 * (five['accuracy'] - one['accuracy']):+.2f} points on the "
+              f"preset's test images, {100 * gap:+.2f} on all of them", flush=True)  # fmt: skip
+        runs.append({"seed": seed, "fast": one, "fast×5": five, "gap_whole_test": gap})
+
+    def mean(key: str, part: str) -> float:
+        return statistics.mean(r[part][key] for r in runs)
+
     out = {
-        "fast": timed_build(args, spec, "fast", fast),
-        "fast×5": timed_build(args, spec, "fast×5", scaled(fast, 5)),
+        "runs": runs,
+        "fast_seconds_max": max(r["fast"]["seconds"] for r in runs),
+        "fast_accuracy_whole_test_mean": mean("accuracy_whole_test", "fast"),
+        "fast×5_accuracy_whole_test_mean": mean("accuracy_whole_test", "fast×5"),
+        "gap_whole_test_mean": statistics.mean(r["gap_whole_test"] for r in runs),
     }
-    diff = 100 * (out["fast×5"]["accuracy"] - out["fast"]["accuracy"])
-    whole = 100 * (out["fast×5"]["accuracy_whole_test"] - out["fast"]["accuracy_whole_test"])
-    print(f"accuracy gap (5× − 1×): {diff:+.2f} points on the preset's test images, {whole:+.2f} on all of them")
+    print(
+        f"over seeds {args.seeds}: fast {100 * out['fast_accuracy_whole_test_mean']:.2f}%, "
+        f"5× {100 * out['fast×5_accuracy_whole_test_mean']:.2f}%, mean gap "
+        f"{100 * out['gap_whole_test_mean']:+.2f} points; slowest fast build {out['fast_seconds_max']:.1f} s"
+    )
     return out
 
 
@@ -150,6 +173,52 @@ def phases(args: argparse.Namespace, spec: VariantSpec) -> dict:
             ("codec×5", replace(fast, codec=longer.codec)),
         )
     }
+
+
+def layout(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
+    """Channels-last (the training loop's default) against the default layout, side by side: medians of
+    interleaved training steps of the whole base model (batch 64, SGD: the pruning phase) and of its server part
+    after layer1.2 (batch 128, Adam: the codec phase), and of batch-500 inference of the whole model (the base
+    model's logits, head features, evaluation)."""
+    model, data = Builder(args.weights, args.data_dir, args.cache).base(base_spec)
+    _, tail = split_model(model, "layer1.2")
+    cases = [
+        ("train, whole model, b64 SGD", model, 64, data.input_shape, "sgd"),
+        ("train, server part, b128 Adam", tail, 128, (16, 32, 32), "adam"),
+        ("inference, whole model, b500", model, 500, data.input_shape, None),
+    ]
+    out = {}
+    for name, net, bs, shape, opt in cases:
+        steps = []
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            m = copy.deepcopy(net).to(memory_format=fmt).train(opt is not None)
+            x = torch.randn(bs, *shape).contiguous(memory_format=fmt)
+            y = torch.randint(0, 10, (bs,))
+            if opt is None:
+                steps.append(lambda m=m, x=x: m(x))
+                continue
+            o = (torch.optim.SGD(m.parameters(), 0.01, momentum=0.9) if opt == "sgd"
+                 else torch.optim.Adam(m.parameters(), 1e-3))  # fmt: skip
+
+            def step(m=m, x=x, y=y, o=o) -> None:
+                o.zero_grad()
+                F.cross_entropy(m(x), y).backward()
+                o.step()
+
+            steps.append(step)
+        times: list[list[float]] = [[], []]
+        with torch.set_grad_enabled(opt is not None):
+            for i in range(args.layout_runs + 2):
+                for j, step in enumerate(steps):
+                    t0 = time.perf_counter()
+                    step()
+                    if i >= 2:  # warm-up
+                        times[j].append(time.perf_counter() - t0)
+        nchw, nhwc = (statistics.median(t) for t in times)
+        out[name] = {"nchw_s": nchw, "nhwc_s": nhwc, "speedup": nchw / nhwc}
+        print(f"{name:>32}: NCHW {1e3 * nchw:7.1f} ms, channels-last {1e3 * nhwc:7.1f} ms → {nchw / nhwc:.2f}×",
+              flush=True)  # fmt: skip
+    return out
 
 
 CURVE = [(150, 19200), (300, 38400), (750, 19200), (750, 50000)]
@@ -286,6 +355,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("runs/cache-bench"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/variants"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of --parts timing (each: fast and 5×)")
+    ap.add_argument("--layout-runs", type=int, default=20, help="timed steps per layout in --parts layout")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -302,6 +373,8 @@ def main() -> None:
     result: dict = {"base_accuracy": base_acc}
     parts = args.parts.split(",")
     timed = base_spec.with_(sparsity=0.25, codec=codec_for_ratio((16, 32, 32), 64, 2))
+    if "layout" in parts:
+        result["layout"] = layout(args, base_spec)
     if "timing" in parts:
         result["timing"] = timing(args, timed)
     if "ablation" in parts:

@@ -35,6 +35,29 @@ def test_nan_loss_is_typed_error(synthetic) -> None:
         )
 
 
+def test_channels_last_training_hands_back_default_layout(synthetic) -> None:
+    """Channels-last training updates the very Parameter objects, returns weights and gradients in the default
+    layout, sees channels-last batches, and follows the default-layout run up to rounding."""
+    runs = {}
+    for cl in (True, False):
+        torch.manual_seed(0)
+        m = build_model("tiny-cnn")
+        ids = [id(p) for p in m.parameters()]
+        seen: list[bool] = []
+
+        def forward(x: torch.Tensor, m=m, seen=seen) -> torch.Tensor:
+            seen.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return m(x)
+
+        res = fit(m, synthetic, TrainConfig(steps=3, batch_size=8, channels_last=cl), forward=forward)
+        assert [id(p) for p in m.parameters()] == ids
+        assert all(p.is_contiguous() and (p.grad is None or p.grad.is_contiguous()) for p in m.parameters())
+        assert seen == [cl] * 3
+        runs[cl] = (res.losses, [p.detach().clone() for p in m.parameters()])
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[True][1], runs[False][1], strict=True))
+
+
 def test_config_validation() -> None:
     with pytest.raises(ConfigError, match="optimizer 'rmsprop' unknown"):
         TrainConfig(optimizer="rmsprop")
