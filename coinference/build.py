@@ -328,15 +328,20 @@ class Builder:
         self._check_weights(spec)
         # the preset's budgets are part of the cache key: a changed preset never answers with stale results
         path = self.cache / "measurements" / f"{spec.key}-{_digest(asdict(self.fidelity(spec)))[:12]}.json"
-        if path.is_file():
-            return Measurement.from_dict(json.loads(path.read_text()))
-        built = self.build(spec)
-        if self.keep_artifacts:
-            save_variant(built, self.cache / "variants" / spec.key)
-        tmp = _tmp_name(path)
-        tmp.write_text(json.dumps(built.measurement.to_dict(), indent=1))
-        tmp.replace(path)
-        return built.measurement
+
+        def compute() -> Measurement:
+            built = self.build(spec)
+            if self.keep_artifacts:
+                save_variant(built, self.cache / "variants" / spec.key)
+            return built.measurement
+
+        return _disk_cached(
+            path,
+            lambda p: Measurement.from_dict(json.loads(p.read_text())),
+            compute,
+            lambda m, tmp: tmp.write_text(json.dumps(m.to_dict(), indent=1)),
+            damaged=(ValueError, KeyError, TypeError, AttributeError),  # truncated or foreign: rebuilt
+        )
 
 
 def prune_two_step(model: SplittableModel, split: str, data: ImageData, cfg: TwoStepConfig) -> PrunedDevice:

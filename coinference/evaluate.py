@@ -13,13 +13,15 @@ from coinference.data import ImageData
 
 @contextmanager
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode for the block; its mode is restored afterwards (it may be a caller's shared model)."""
-    was_training = model.training
+    """``model`` in eval mode for the block. Every submodule's own mode is restored afterwards: the model may be a
+    caller's shared one, with parts deliberately in eval mode (e.g. frozen BatchNorm under a training wrapper)."""
+    modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield model
     finally:
-        model.train(was_training)
+        for m, mode in modes:
+            m.training = mode
 
 
 @torch.no_grad()

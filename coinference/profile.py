@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from coinference.evaluate import eval_mode
 from coinference.zoo.base import SplittableModel
 
 FLOAT_BITS = 32
@@ -176,8 +177,17 @@ def profile_model(
             leaves the PNG columns empty.
         png_sample: how many of them to compress.
     """
-    was_training = model.training
-    model.eval()
+    with eval_mode(model):
+        return _profile(model, input_shape, name, png_images, png_sample)
+
+
+def _profile(
+    model: SplittableModel,
+    input_shape: tuple[int, int, int],
+    name: str,
+    png_images: torch.Tensor | None,
+    png_sample: int,
+) -> ModelProfile:
     units = model.units()
     x = torch.zeros(1, *input_shape)
     unit_macs, outputs = [], []
@@ -215,7 +225,6 @@ def profile_model(
                 amplification_png=(bits / in_png) if in_png else None,
             )
         )
-    model.train(was_training)
     return ModelProfile(
         name,
         (input_shape[0], input_shape[1], input_shape[2]),
@@ -240,13 +249,10 @@ class ModuleCost:
 
 def module_cost(module: nn.Module, input_shape: tuple[int, ...]) -> ModuleCost:
     """MACs, parameter count/bytes and peak activation bytes of ``module`` on one input of ``input_shape``."""
-    modes = {m: m.training for m in module.modules()}  # restored one by one: wrappers may be fresh modules
-    module.eval()
     x = torch.zeros(1, *input_shape)
-    with torch.no_grad(), count_macs(module) as c:
-        module(x)
+    with eval_mode(module):
+        with torch.no_grad(), count_macs(module) as c:
+            module(x)
+        peak = peak_activation_bytes(module, x)
     params = list(module.parameters())
-    peak = peak_activation_bytes(module, x)
-    for m, mode in modes.items():
-        m.training = mode
     return ModuleCost(c[0], sum(p.numel() for p in params), sum(p.numel() * p.element_size() for p in params), peak)

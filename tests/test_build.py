@@ -43,6 +43,16 @@ def test_build_measures_and_caches(cache: Path, monkeypatch: pytest.MonkeyPatch)
     assert build_and_measure(SPEC, cache_dir=cache) == m
 
 
+@pytest.mark.parametrize("damage", ['{"accuracy": 0.5', '{"accuracy": 0.5}', "[1, 2]"])
+def test_damaged_measurement_is_rebuilt_not_trusted(tmp_path: Path, damage: str) -> None:
+    m = build_and_measure(SPEC, cache_dir=tmp_path)
+    [path] = (tmp_path / "measurements").glob(f"{SPEC.key}-*.json")
+    path.write_text(damage)  # truncated, fields missing, not a Measurement at all
+    again = build_and_measure(SPEC, cache_dir=tmp_path)
+    assert replace(again, train_seconds=0.0) == replace(m, train_seconds=0.0)  # rebuilt (the same seeds)
+    assert Measurement.from_dict(json.loads(path.read_text())) == again  # and written back whole
+
+
 def test_pruned_backbone_reused_across_codecs(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
     real = build.prune_device

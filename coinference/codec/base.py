@@ -18,6 +18,7 @@ from torch import nn
 from coinference.codec.config import CodecConfig
 from coinference.codec.entropy import BitstreamError, pack, unpack
 from coinference.errors import ConfigError
+from coinference.evaluate import eval_mode
 from coinference.registry import Registry
 
 
@@ -105,12 +106,8 @@ class FeatureCodec(nn.Module):
     def compress(self, feature: torch.Tensor) -> bytes:
         """Bitstream (header + payload) of one feature of shape (1, *feature_shape)."""
         self.check_feature(feature, batch_one=True)
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return pack(self.kind, self.encode_payload(self.to_symbols(feature)[0]))
-        finally:
-            self.train(was)
 
     @torch.no_grad()
     def decompress(self, blob: bytes) -> torch.Tensor:
@@ -119,12 +116,8 @@ class FeatureCodec(nn.Module):
         Raises:
             BitstreamError: truncated, corrupted or foreign bitstream.
         """
-        was = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             return self.from_symbols(self.decode_payload(unpack(self.kind, blob)).unsqueeze(0))
-        finally:
-            self.train(was)
 
 
 CODECS: Registry[type[FeatureCodec]] = Registry("codec kind")

@@ -16,6 +16,7 @@ from coinference.codec.config import CodecConfig
 from coinference.codec.entropy import CategoricalCoder
 from coinference.codec.quantize import ScalarQuantizer, VectorQuantizer
 from coinference.errors import ConfigError
+from coinference.evaluate import eval_mode
 
 
 class QuantizedCodec(FeatureCodec):
@@ -57,10 +58,8 @@ class QuantizedCodec(FeatureCodec):
 
     @torch.no_grad()
     def fit_statistics(self, features: torch.Tensor, batch_size: int = 500) -> None:
-        was = self.training
-        self.eval()
-        syms = torch.cat([self.to_symbols(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
-        self.train(was)
+        with eval_mode(self):
+            syms = torch.cat([self.to_symbols(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
         self.coder = CategoricalCoder.fit(syms.numpy(), self.quantizer.levels, self._contexts())
 
     def _require_coder(self) -> CategoricalCoder:

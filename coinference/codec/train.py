@@ -138,15 +138,12 @@ def head_features(head: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch
 
 def codec_macs(codec: FeatureCodec) -> tuple[int, int]:
     """(encoder, decoder) MACs per image of ``codec`` (batch 1, eval mode)."""
-    was = codec.training
-    codec.eval()
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(codec):
         f = torch.zeros(1, *codec.feature_shape)
         with count_macs(codec.encoder) as enc:
             sym = codec.to_symbols(f)
         with count_macs(codec.decoder) as dec:
             codec.from_symbols(sym)
-    codec.train(was)
     return enc[0], dec[0]
 
 
@@ -238,6 +235,9 @@ def train_codec(
         if train_features is not None
         else head_features(head, data, data.train_x[pool[:STATS_SAMPLES]])
     )
+    # the codec's initial weights come from the phase's seed, not from whatever ran before (e.g. a pruning phase
+    # in this process, or none when the pruned backbone came from the cache)
+    torch.manual_seed(train_cfg.seed)
     codec = build_codec(codec_cfg, shape, bool(stats.min() >= 0))
     if codec_cfg.init == "pca" and isinstance(codec, QuantizedCodec):
         pca_init(codec.encoder, codec.decoder, stats)

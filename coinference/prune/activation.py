@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from coinference.evaluate import eval_mode
 from coinference.profile import FLOAT_BITS
 from coinference.prune.masks import smallest_mask
 
@@ -18,14 +19,12 @@ from coinference.prune.masks import smallest_mask
 @torch.no_grad()
 def channel_energy(head: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Mean squared activation per feature channel, float64 shape (C,), of ``head`` on normalised inputs ``x``."""
-    was = head.training
-    head.eval()
     total: torch.Tensor | None = None
-    for i in range(0, len(x), batch_size):
-        f = head(x[i : i + batch_size]).double()
-        s = f.pow(2).sum(dim=[d for d in range(f.dim()) if d != 1])
-        total = s if total is None else total + s
-    head.train(was)
+    with eval_mode(head):
+        for i in range(0, len(x), batch_size):
+            f = head(x[i : i + batch_size]).double()
+            s = f.pow(2).sum(dim=[d for d in range(f.dim()) if d != 1])
+            total = s if total is None else total + s
     assert total is not None, "empty calibration batch"
     return total / len(x)
 

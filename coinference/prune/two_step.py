@@ -29,7 +29,7 @@ from torch import nn
 
 from coinference.data import ImageData
 from coinference.errors import ConfigError
-from coinference.evaluate import accuracy
+from coinference.evaluate import accuracy, eval_mode
 from coinference.prune.activation import ActivationMask
 from coinference.prune.device import IterationLog, PrunedDevice, assemble, keep_by_name
 from coinference.prune.groups import Trace, trace
@@ -84,21 +84,19 @@ def taylor_scores(
         for w in writers:
             handles.append(w.register_forward_hook(_gate_hook(gates[g.gid])))
     acc = {g.gid: torch.zeros(g.channels, dtype=torch.float64) for g in tr.groups}
-    was = model.training
-    model.eval()
     try:
-        for x, y in batches:
-            for t in gates.values():
-                t.grad = None
-            F.cross_entropy((forward or model)(x), y).backward()
-            for gid, t in gates.items():
-                if t.grad is not None:
-                    acc[gid] += t.grad.double().abs()
+        with eval_mode(model):
+            for x, y in batches:
+                for t in gates.values():
+                    t.grad = None
+                F.cross_entropy((forward or model)(x), y).backward()
+                for gid, t in gates.items():
+                    if t.grad is not None:
+                        acc[gid] += t.grad.double().abs()
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
-        model.train(was)
     return {gid: s / s.norm().clamp_min(1e-30) for gid, s in acc.items()}
 
 
