@@ -59,7 +59,8 @@ class QuantizedCodec(FeatureCodec):
     @torch.no_grad()
     def fit_statistics(self, features: torch.Tensor, batch_size: int = 500) -> None:
         with eval_mode(self):
-            syms = torch.cat([self.to_symbols(features[i : i + batch_size]) for i in range(0, len(features), batch_size)])
+            chunks = [self.to_symbols(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
+        syms = torch.cat(chunks)
         self.coder = CategoricalCoder.fit(syms.numpy(), self.quantizer.levels, self._contexts())
 
     def _require_coder(self) -> CategoricalCoder:
