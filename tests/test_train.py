@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from coinference.errors import ConfigError, TrainingError
-from coinference.evaluate import accuracy
+from coinference.evaluate import accuracy, eval_mode, outputs
 from coinference.train import StepHooks, TrainConfig, augment_batch, fit
 from coinference.zoo import build_model
 
@@ -56,6 +56,24 @@ def test_channels_last_training_hands_back_default_layout(synthetic) -> None:
         runs[cl] = (res.losses, [p.detach().clone() for p in m.parameters()])
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-4)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(runs[True][1], runs[False][1], strict=True))
+
+
+def test_eval_mode_restores_every_submodule(synthetic) -> None:
+    m = build_model("tiny-cnn").train()
+    frozen = next(x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)).eval()  # deliberately frozen BN
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(m):
+        assert not any(x.training for x in m.modules())
+        raise RuntimeError("inside")
+    assert m.training and not frozen.training
+    assert all(x.training for x in m.modules() if x is not frozen)
+
+
+def test_outputs_in_default_layout_equal_to_plain_forward(synthetic) -> None:
+    m = build_model("tiny-cnn").eval()
+    got = outputs(m, synthetic, synthetic.test_x[:20], batch_size=8)
+    with torch.no_grad():
+        want = m(synthetic.normalize(synthetic.test_x[:20]))
+    assert got.is_contiguous() and torch.allclose(got, want, atol=1e-5)
 
 
 def test_config_validation() -> None:
