@@ -44,13 +44,20 @@ def test_build_measures_and_caches(cache: Path, monkeypatch: pytest.MonkeyPatch)
 
 
 @pytest.mark.parametrize("damage", ['{"accuracy": 0.5', '{"accuracy": 0.5}', "[1, 2]"])
-def test_damaged_measurement_is_rebuilt_not_trusted(tmp_path: Path, damage: str) -> None:
+def test_damaged_measurement_is_rebuilt_not_trusted(
+    tmp_path: Path, damage: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     m = build_and_measure(SPEC, cache_dir=tmp_path)
     [path] = (tmp_path / "measurements").glob(f"{SPEC.key}-*.json")
     path.write_text(damage)  # truncated, fields missing, not a Measurement at all
+    builds: list[VariantSpec] = []
+    real = Builder.build
+    monkeypatch.setattr(Builder, "build", lambda self, spec: builds.append(spec) or real(self, spec))
     again = build_and_measure(SPEC, cache_dir=tmp_path)
-    assert replace(again, train_seconds=0.0) == replace(m, train_seconds=0.0)  # rebuilt (the same seeds)
+    assert builds == [SPEC]  # rebuilt, from the pruned backbone on disk
+    assert again.bits_mean > 0 and again.device_macs == m.device_macs
     assert Measurement.from_dict(json.loads(path.read_text())) == again  # and written back whole
+    assert build_and_measure(SPEC, cache_dir=tmp_path) == again and builds == [SPEC]  # now a plain cache hit
 
 
 def test_pruned_backbone_reused_across_codecs(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -208,3 +208,18 @@ def test_precomputed_teacher_logits_are_the_targets(synthetic, trained_tiny) -> 
         train_codec(head, tail, synthetic, cfg, FAST, teacher=teacher, teacher_logits=logits[:5])
     with pytest.raises(ConfigError, match="teacher_logits need the teacher"):
         train_codec(head, tail, synthetic, cfg, FAST, teacher_logits=logits)
+
+
+def test_codec_start_depends_on_the_phase_seed_only(trained_tiny, synthetic) -> None:
+    """Whatever drew from the global generator before (a pruning phase in this process, or nothing when the pruned
+    backbone came from a cache), the codec phase starts, and so ends, the same; another seed starts elsewhere."""
+    head, tail = split_model(trained_tiny, 2)
+    cfg = CodecConfig("sq", channels=4, stride=2, dim=16, bits=2, init="random")
+    states = []
+    for before, seed in ((1, 0), (2, 0), (1, 5)):
+        torch.manual_seed(before)
+        torch.rand(100)
+        tc = train_codec(head, tail, synthetic, cfg, replace(FAST, steps=2, seed=seed))
+        states.append(tc.codec.state_dict())
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert any(not torch.equal(states[0][k], states[2][k]) for k in states[0])
