@@ -214,54 +214,50 @@ def train_codec(
     Raises:
         ConfigError: sizes that do not fit the head's output. TrainingError: non-finite loss.
     """
-    head_mode, tail_mode = head.training, tail.training
-    head.eval()
-    tail.eval()
-    with torch.no_grad():
-        probe = head(data.normalize(data.train_x[:2]))
-    shape = tuple(int(s) for s in probe.shape[1:])
-    pool = train_pool(data, train_cfg)
-    if train_features is not None and tuple(train_features.shape) != (len(pool), *shape):
-        raise ConfigError(f"train_features {tuple(train_features.shape)} do not match {len(pool)} × {shape}")
-    if teacher_logits is not None and teacher is None:
-        raise ConfigError("teacher_logits need the teacher they come from (augmented live batches run it)")
-    if teacher_logits is not None and len(teacher_logits) != len(data.train_x):
-        raise ConfigError(f"teacher_logits has {len(teacher_logits)} rows for {len(data.train_x)} training images")
-    cache = cache_features if cache_features is not None else len(pool) * 4 * math.prod(shape) <= CACHE_LIMIT_BYTES
-    if train_features is None and codec_cfg.trainable and cache:
-        train_features = head_features(head, data, data.train_x[pool])
-    stats = (
-        train_features[:STATS_SAMPLES]
-        if train_features is not None
-        else head_features(head, data, data.train_x[pool[:STATS_SAMPLES]])
-    )
-    # the codec's initial weights come from the phase's seed, not from whatever ran before (e.g. a pruning phase
-    # in this process, or none when the pruned backbone came from the cache)
-    torch.manual_seed(train_cfg.seed)
-    codec = build_codec(codec_cfg, shape, bool(stats.min() >= 0))
-    if codec_cfg.init == "pca" and isinstance(codec, QuantizedCodec):
-        pca_init(codec.encoder, codec.decoder, stats)
-    trained_tail = copy.deepcopy(tail) if codec_cfg.finetune_tail else tail
-    result = None
-    grads = {p: p.requires_grad for p in tail.parameters()}
-    try:
-        if codec_cfg.trainable:
-            targets = None  # the cached features' distillation targets (None: the tail's, computed by _train)
-            if train_features is not None and teacher_logits is not None:
-                targets = teacher_logits[pool]
-            elif train_features is not None and teacher is not None:
-                targets = outputs(teacher, data, data.train_x[pool])
-            result = _train(
-                codec, head, teacher, tail, trained_tail, data, codec_cfg, train_cfg, pool, train_features, targets
-            )
-        codec.eval()
-        codec.set_coding(True)
-        codec.fit_statistics(stats)
-    finally:
-        for p, g in grads.items():
-            p.requires_grad_(g)
-        head.train(head_mode)
-        tail.train(tail_mode)
+    with eval_mode(head), eval_mode(tail):  # both frozen; every submodule's mode is restored, even on an error
+        with torch.no_grad():
+            probe = head(data.normalize(data.train_x[:2]))
+        shape = tuple(int(s) for s in probe.shape[1:])
+        pool = train_pool(data, train_cfg)
+        if train_features is not None and tuple(train_features.shape) != (len(pool), *shape):
+            raise ConfigError(f"train_features {tuple(train_features.shape)} do not match {len(pool)} × {shape}")
+        if teacher_logits is not None and teacher is None:
+            raise ConfigError("teacher_logits need the teacher they come from (augmented live batches run it)")
+        if teacher_logits is not None and len(teacher_logits) != len(data.train_x):
+            raise ConfigError(f"teacher_logits has {len(teacher_logits)} rows for {len(data.train_x)} training images")
+        cache = cache_features if cache_features is not None else len(pool) * 4 * math.prod(shape) <= CACHE_LIMIT_BYTES
+        if train_features is None and codec_cfg.trainable and cache:
+            train_features = head_features(head, data, data.train_x[pool])
+        stats = (
+            train_features[:STATS_SAMPLES]
+            if train_features is not None
+            else head_features(head, data, data.train_x[pool[:STATS_SAMPLES]])
+        )
+        # the codec's initial weights come from the phase's seed, not from whatever ran before (e.g. a pruning phase
+        # in this process, or none when the pruned backbone came from the cache)
+        torch.manual_seed(train_cfg.seed)
+        codec = build_codec(codec_cfg, shape, bool(stats.min() >= 0))
+        if codec_cfg.init == "pca" and isinstance(codec, QuantizedCodec):
+            pca_init(codec.encoder, codec.decoder, stats)
+        trained_tail = copy.deepcopy(tail) if codec_cfg.finetune_tail else tail
+        result = None
+        grads = {p: p.requires_grad for p in tail.parameters()}
+        try:
+            if codec_cfg.trainable:
+                targets = None  # the cached features' distillation targets (None: the tail's, computed by _train)
+                if train_features is not None and teacher_logits is not None:
+                    targets = teacher_logits[pool]
+                elif train_features is not None and teacher is not None:
+                    targets = outputs(teacher, data, data.train_x[pool])
+                result = _train(
+                    codec, head, teacher, tail, trained_tail, data, codec_cfg, train_cfg, pool, train_features, targets
+                )
+            codec.eval()
+            codec.set_coding(True)
+            codec.fit_statistics(stats)
+        finally:
+            for p, g in grads.items():
+                p.requires_grad_(g)
     trained_tail.eval()
     enc, dec = codec_macs(codec)
     return TrainedCodec(codec, codec_cfg, shape, trained_tail, enc, dec, result)
