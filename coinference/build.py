@@ -41,7 +41,6 @@ from coinference.fidelity import FIDELITIES, Fidelity
 from coinference.profile import module_cost
 from coinference.prune import PruneConfig, PrunedDevice, TwoStepConfig, load_pruned, prune_device, save_pruned
 from coinference.prune.activation import Expand
-from coinference.train import resolve_augment
 from coinference.variant import Measurement, VariantSpec
 from coinference.zoo import SplittableModel, file_sha256
 
@@ -264,12 +263,7 @@ class Builder:
             train=None if nothing else train,
             distill=fid.prune_distill,
         )
-        cached = (
-            fid.base_teacher
-            and cfg.train is not None
-            and cfg.distill > 0
-            and resolve_augment(cfg.train.augment, data) == "none"
-        )
+        cached = fid.base_teacher and cfg.takes_teacher_logits(data)
         return prune_device(model, spec.split, data, cfg, self.teacher_logits(spec) if cached else None)
 
     def build(self, spec: VariantSpec) -> BuiltVariant:

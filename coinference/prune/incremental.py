@@ -80,6 +80,11 @@ class PruneConfig:
             raise ConfigError(f"distill must be in [0, 1], got {self.distill}")
         self.plan_schedule.sparsities(self.sparsity)  # a schedule that never reaches the target fails here
 
+    def takes_teacher_logits(self, data: ImageData) -> bool:
+        """Whether precomputed logits of the unpruned model can be this phase's targets: a distilled fine-tune on
+        unaugmented images (an augmented batch is a new image, whose logits only a live teacher gives)."""
+        return self.train is not None and self.distill > 0 and resolve_augment(self.train.augment, data) == "none"
+
     @property
     def plan_schedule(self) -> Schedule:
         """The schedule as a :class:`Schedule` (a kind given by name gets its default settings)."""
@@ -120,7 +125,7 @@ def prune_device(
         TrainingError: the loss diverged.
     """
     if teacher_logits is not None:
-        if cfg.train is None or cfg.distill == 0 or resolve_augment(cfg.train.augment, data) != "none":
+        if not cfg.takes_teacher_logits(data):
             raise ConfigError("teacher_logits are targets of unaugmented images: need distill > 0 and augment none")
         if len(teacher_logits) != len(data.train_x):
             raise ConfigError(f"teacher_logits has {len(teacher_logits)} rows for {len(data.train_x)} training images")
