@@ -17,6 +17,7 @@ import argparse
 import json
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,24 +30,32 @@ from coinference.train import TrainConfig
 from coinference.zoo import MODELS, build_model, split_model
 
 
+def interleaved_medians(
+    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int
+) -> tuple[float, float]:
+    """Median seconds per call of ``a`` and of ``b``, timed alternately (same conditions) after ``warmup`` calls
+    of each."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
 @torch.no_grad()
 def latency_pair(a: nn.Module, b: nn.Module, x: torch.Tensor, runs: int) -> tuple[float, float]:
     """Median seconds per forward of ``a`` and of ``b`` on ``x``, timed alternately (same conditions)."""
     a.eval()
     b.eval()
-    for _ in range(max(3, runs // 10)):
-        a(x)
-        b(x)
-    ta, tb = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        a(x)
-        t1 = time.perf_counter()
-        b(x)
-        t2 = time.perf_counter()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    return statistics.median(ta), statistics.median(tb)
+    return interleaved_medians(lambda: a(x), lambda: b(x), runs, max(3, runs // 10))
 
 
 def main() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_prune import interleaved_medians
 from scipy.stats import kendalltau
 
 from coinference.base import recorded_accuracy
@@ -206,15 +207,8 @@ def layout(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
                 o.step()
 
             steps.append(step)
-        times: list[list[float]] = [[], []]
         with torch.set_grad_enabled(opt is not None):
-            for i in range(args.layout_runs + 2):
-                for j, step in enumerate(steps):
-                    t0 = time.perf_counter()
-                    step()
-                    if i >= 2:  # warm-up
-                        times[j].append(time.perf_counter() - t0)
-        nchw, nhwc = (statistics.median(t) for t in times)
+            nchw, nhwc = interleaved_medians(steps[0], steps[1], args.layout_runs, warmup=2)
         out[name] = {"nchw_s": nchw, "nhwc_s": nhwc, "speedup": nchw / nhwc}
         print(f"{name:>32}: NCHW {1e3 * nchw:7.1f} ms, channels-last {1e3 * nhwc:7.1f} ms → {nchw / nhwc:.2f}×",
               flush=True)  # fmt: skip
