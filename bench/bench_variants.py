@@ -149,16 +149,18 @@ def timing(args: argparse.Namespace, spec: VariantSpec) -> dict:
 def ablation(args: argparse.Namespace, spec: VariantSpec) -> dict:
     """The `fast` preset with its levers added one at a time, from the labels-only preset it replaced: pruning
     distilled from the base model (unaugmented, so its logits are computed once), then the codec phase distilled
-    from the base model instead of the pruned one, then 19,200 cached training images instead of 6,400."""
+    from the base model instead of the pruned one, then 19,200 cached training images instead of 6,400, then the
+    codec phase's distillation temperature 8 instead of 2."""
     fast = FIDELITIES.get("fast")
     labels = replace(fast, prune=replace(fast.prune, augment="auto"), codec=replace(fast.codec, subset=6400),
-                     prune_distill=0.0, base_teacher=False)  # fmt: skip
+                     prune_distill=0.0, base_teacher=False, codec_temperature=2.0)  # fmt: skip
     steps = [
         ("labels", labels),
         # the same targets as `fast`'s pruning, with the base model run on each batch: the codec phase keeps
         # distilling from the pruned model
         ("+prune KD", replace(labels, prune=fast.prune, prune_distill=fast.prune_distill)),
-        ("+codec KD", replace(fast, codec=replace(fast.codec, subset=6400))),
+        ("+codec KD", replace(fast, codec=replace(fast.codec, subset=6400), codec_temperature=2.0)),
+        ("+19,200 images", replace(fast, codec_temperature=2.0)),
         ("fast", fast),
     ]
     return {label: timed_build(args, spec, label, fid) for label, fid in steps}

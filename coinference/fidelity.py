@@ -31,6 +31,8 @@ class Fidelity:
     """The codec phase distills from the unpruned base model's logits (computed once per base model and cached on
     disk) instead of the pruned, uncoded model's. A distilled pruning phase (``prune_distill > 0``) that trains
     without augmentation takes its targets from the same cached logits instead of running the base model."""
+    codec_temperature: float = 2.0
+    """Temperature of the codec phase's distillation (:attr:`CodecConfig.distill_temperature`)."""
 
 
 FIDELITIES: Registry[Fidelity] = Registry("fidelity")
@@ -56,6 +58,8 @@ for _f in (
         codec_tail=True,
         prune_distill=0.9,
         base_teacher=True,
+        # softer targets carry more per image: worth most at this short budget (bench_variants.py --parts ablation)
+        codec_temperature=8.0,
     ),
     Fidelity(
         "full",

@@ -192,11 +192,14 @@ def pack_targets(labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Te
     return torch.cat([labels.to(torch.float32)[:, None], teacher_logits], 1)
 
 
-def packed_distillation(alpha: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """A ``loss_fn`` for :func:`fit` on :func:`pack_targets` targets: :func:`distillation_loss` of weight ``alpha``."""
+def packed_distillation(
+    alpha: float, t: float = KD_TEMPERATURE
+) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A ``loss_fn`` for :func:`fit` on :func:`pack_targets` targets: :func:`distillation_loss` of weight ``alpha``
+    at temperature ``t``."""
 
     def loss_fn(logits: torch.Tensor, packed: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
-        return distillation_loss(logits, packed[:, 0].long(), packed[:, 1:], alpha)
+        return distillation_loss(logits, packed[:, 0].long(), packed[:, 1:], alpha, t)
 
     return loss_fn
 

@@ -87,5 +87,7 @@ def test_out_of_range_levels_are_config_errors() -> None:
         CodecConfig("jscc-awgn", snr_db=-50)
     with pytest.raises(ConfigError, match="bits must be in"):
         CodecConfig(bits=0)
+    with pytest.raises(ConfigError, match="distill_temperature must be > 0, got 0"):
+        CodecConfig(distill_temperature=0)
     with pytest.raises(UnknownNameError, match="valid: awgn, bsc, erasure"):
         CHANNELS.get("rayleigh")

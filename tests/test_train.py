@@ -125,3 +125,19 @@ def test_distillation_loss_blends_labels_and_teacher() -> None:
     p = F.softmax(teacher / t, 1)
     kl = (p * (p.log() - F.log_softmax(logits / t, 1))).sum(1).mean()
     torch.testing.assert_close(distillation_loss(logits, y, teacher, 0.25), 0.75 * ce + 0.25 * t * t * kl)
+
+
+def test_packed_distillation_uses_its_temperature() -> None:
+    import torch.nn.functional as F
+
+    from coinference.train import pack_targets, packed_distillation
+
+    g = torch.Generator().manual_seed(1)
+    logits, teacher = torch.randn(5, 3, generator=g), torch.randn(5, 3, generator=g)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    packed = pack_targets(y, teacher)
+    p = F.softmax(teacher / 8, 1)
+    kl = (p * (p.log() - F.log_softmax(logits / 8, 1))).sum(1).mean()
+    want = 0.5 * F.cross_entropy(logits, y) + 0.5 * 64 * kl
+    torch.testing.assert_close(packed_distillation(0.5, 8.0)(logits, packed, logits), want)
+    assert not torch.allclose(packed_distillation(0.5)(logits, packed, logits), want)

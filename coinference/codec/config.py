@@ -63,8 +63,10 @@ class CodecConfig:
     warmup: float = 0.2
     """Fraction of the training steps run without quantization/channel before they are switched on."""
     distill: float = 0.5
-    """Weight of distillation (temperature 2) from the uncoded model's logits, or from a given teacher's (e.g. the
-    unpruned base model); 1 - distill weighs the labels."""
+    """Weight of distillation from the uncoded model's logits, or from a given teacher's (e.g. the unpruned base
+    model); 1 - distill weighs the labels."""
+    distill_temperature: float = 2.0
+    """Temperature of that distillation (the KL term is weighed by its square, as usual)."""
     init: str = "pca"
     """Start of a spatial conv bottleneck without FC (sq, vq): "pca" (principal components of the training
     feature patches) or "random"."""
@@ -106,6 +108,8 @@ class CodecConfig:
             raise ConfigError(f"training ranges must be (low, high): snr {self.snr_train_db}, p {self.p_train}")
         if not self.tail_lr > 0:
             raise ConfigError(f"tail_lr must be > 0, got {self.tail_lr}")
+        if not self.distill_temperature > 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if not 0.0 <= self.warmup < 1.0 or not 0.0 <= self.distill <= 1.0 or min(self.commitment, self.recon) < 0:
             raise ConfigError(
                 f"need 0 <= warmup < 1, 0 <= distill <= 1, commitment >= 0, recon >= 0; "

@@ -303,7 +303,7 @@ def _train(
             recon[0] = F.mse_loss(decoded, f) / f.detach().var().clamp_min(1e-12)
         return tail(decoded)
 
-    distilled = packed_distillation(ccfg.distill)
+    distilled = packed_distillation(ccfg.distill, ccfg.distill_temperature)
 
     def loss_fn(logits: torch.Tensor, packed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return distilled(logits, packed, x) + codec.aux_loss + ccfg.recon * recon[0]
