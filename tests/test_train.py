@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -74,6 +76,18 @@ def test_outputs_in_default_layout_equal_to_plain_forward(synthetic) -> None:
     with torch.no_grad():
         want = m(synthetic.normalize(synthetic.test_x[:20]))
     assert got.is_contiguous() and torch.allclose(got, want, atol=1e-5)
+
+
+def test_accuracy_is_an_exact_ratio_of_counts(synthetic) -> None:
+    from dataclasses import replace
+
+    m = build_model("tiny-cnn").eval()
+    pred = outputs(m, synthetic, synthetic.test_x).argmax(1)
+    # labels chosen so that exactly 43 of the 100 first test images are right: a float32 mean gives 0.43000001
+    y = torch.where(torch.arange(100) < 43, pred[:100], (pred[:100] + 1) % 4)
+    data = replace(synthetic, test_x=synthetic.test_x[:100], test_y=y)
+    assert accuracy(m, data) == 43 / 100
+    assert math.isnan(accuracy(m, replace(synthetic, test_x=synthetic.test_x[:0], test_y=y[:0])))
 
 
 def test_config_validation() -> None:
