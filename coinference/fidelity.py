@@ -58,7 +58,8 @@ for _f in (
         codec_tail=True,
         prune_distill=0.9,
         base_teacher=True,
-        # softer targets carry more per image: worth most at this short budget (bench_variants.py --parts ablation)
+        # softer targets carry more per image at this short budget (bench_variants.py --parts ablation); variants
+        # whose server part is only the classifier lost by it in --parts rank (docs/RESULTS.md)
         codec_temperature=8.0,
     ),
     Fidelity(
