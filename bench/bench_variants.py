@@ -3,7 +3,7 @@ baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and
 
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
-        --weights runs/base/resnet20-cifar10.pt [--parts layout,timing,ablation,phases,curve,rank,table] \
+        --weights runs/base/resnet20-cifar10.pt [--parts layout,timing,ablation,temperature,phases,curve,rank,table] \
         [--out runs/bench/variants]
 
 Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
@@ -164,6 +164,25 @@ def ablation(args: argparse.Namespace, spec: VariantSpec) -> dict:
         ("fast", fast),
     ]
     return {label: timed_build(args, spec, label, fid) for label, fid in steps}
+
+
+def temperature(args: argparse.Namespace, spec: VariantSpec) -> dict:
+    """The codec phase's distillation temperature at the `fast` budget: per seed, one pruned head (built once, in a
+    cache of that seed's own) under codecs trained at each of --temperatures, so only the temperature differs."""
+    fast = FIDELITIES.get("fast")
+    runs: dict[str, dict] = {}
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            for t in args.temperatures:
+                fid = replace(fast, codec_temperature=t)
+                runs[f"s{seed} T{t:g}"] = timed_build(args, spec.with_(seed=seed), f"T{t:g} s{seed}", fid, Path(tmp))
+    means = {
+        f"T{t:g}": statistics.mean(runs[f"s{s} T{t:g}"]["accuracy_whole_test"] for s in args.seeds)
+        for t in args.temperatures
+    }
+    print("mean accuracy on the whole test set over seeds", args.seeds, ":",
+          ", ".join(f"{k} {100 * v:.2f}%" for k, v in means.items()))  # fmt: skip
+    return {"runs": runs, "mean_accuracy_whole_test": means}
 
 
 def phases(args: argparse.Namespace, spec: VariantSpec) -> dict:
@@ -351,7 +370,11 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("runs/cache-bench"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/variants"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of --parts timing (each: fast and 5×)")
+    ap.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], help="seeds of --parts timing (each: fast and 5×) and temperature"
+    )
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[2.0, 4.0, 8.0],
+                    help="codec distillation temperatures of --parts temperature")  # fmt: skip
     ap.add_argument("--layout-runs", type=int, default=20, help="timed steps per layout in --parts layout")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -375,6 +398,8 @@ def main() -> None:
         result["timing"] = timing(args, timed)
     if "ablation" in parts:
         result["ablation"] = ablation(args, timed)
+    if "temperature" in parts:
+        result["temperature"] = temperature(args, timed)
     if "phases" in parts:
         result["phases"] = phases(args, timed)
     if "curve" in parts:
