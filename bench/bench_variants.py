@@ -152,15 +152,16 @@ def ablation(args: argparse.Namespace, spec: VariantSpec) -> dict:
     from the base model instead of the pruned one, then 19,200 cached training images instead of 6,400, then the
     codec phase's distillation temperature 8 instead of 2."""
     fast = FIDELITIES.get("fast")
-    labels = replace(fast, prune=replace(fast.prune, augment="auto"), codec=replace(fast.codec, subset=6400),
-                     prune_distill=0.0, base_teacher=False, codec_temperature=2.0)  # fmt: skip
+    t2 = replace(fast, codec_temperature=2.0)
+    labels = replace(t2, prune=replace(fast.prune, augment="auto"), codec=replace(fast.codec, subset=6400),
+                     prune_distill=0.0, base_teacher=False)  # fmt: skip
     steps = [
         ("labels", labels),
         # the same targets as `fast`'s pruning, with the base model run on each batch: the codec phase keeps
         # distilling from the pruned model
         ("+prune KD", replace(labels, prune=fast.prune, prune_distill=fast.prune_distill)),
-        ("+codec KD", replace(fast, codec=replace(fast.codec, subset=6400), codec_temperature=2.0)),
-        ("+19,200 images", replace(fast, codec_temperature=2.0)),
+        ("+codec KD", replace(t2, codec=replace(fast.codec, subset=6400))),
+        ("+19,200 images", t2),
         ("fast", fast),
     ]
     return {label: timed_build(args, spec, label, fid) for label, fid in steps}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from coinference.registry import Registry
-from coinference.train import TrainConfig
+from coinference.train import KD_TEMPERATURE, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Fidelity:
     """The codec phase distills from the unpruned base model's logits (computed once per base model and cached on
     disk) instead of the pruned, uncoded model's. A distilled pruning phase (``prune_distill > 0``) that trains
     without augmentation takes its targets from the same cached logits instead of running the base model."""
-    codec_temperature: float = 2.0
+    codec_temperature: float = KD_TEMPERATURE
     """Temperature of the codec phase's distillation (:attr:`CodecConfig.distill_temperature`)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from coinference.errors import ConfigError
+from coinference.train import KD_TEMPERATURE
 
 KINDS = ("sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp", "huffman", "none")
 BOTTLENETPP_CHANNELS = ("none", "awgn", "erasure")
@@ -65,7 +66,7 @@ class CodecConfig:
     distill: float = 0.5
     """Weight of distillation from the uncoded model's logits, or from a given teacher's (e.g. the unpruned base
     model); 1 - distill weighs the labels."""
-    distill_temperature: float = 2.0
+    distill_temperature: float = KD_TEMPERATURE
     """Temperature of that distillation (the KL term is weighed by its square, as usual)."""
     init: str = "pca"
     """Start of a spatial conv bottleneck without FC (sq, vq): "pca" (principal components of the training
