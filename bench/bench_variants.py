@@ -3,7 +3,8 @@ baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and
 
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
-        --weights runs/base/resnet20-cifar10.pt [--parts layout,timing,ablation,temperature,phases,curve,rank,table] \
+        --weights runs/base/resnet20-cifar10.pt \
+        [--parts layout,inference,timing,ablation,temperature,phases,curve,rank,table] \
         [--out runs/bench/variants]
 
 Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
@@ -32,10 +33,12 @@ from coinference.base import recorded_accuracy
 from coinference.baselines import baseline_specs, on_device_only, server_png
 from coinference.build import Builder
 from coinference.codec.train import evaluate_codec
+from coinference.evaluate import outputs
 from coinference.fidelity import FIDELITIES, Fidelity
 from coinference.latency import DEVICES, SERVERS, Link, end_to_end, feasible
 from coinference.plots import plot_latency_vs_bandwidth, plot_macs_vs_bits
 from coinference.profile import profile_model
+from coinference.prune import PruneConfig, prune_device
 from coinference.train import TrainConfig
 from coinference.variant import CodecSpec, Measurement, VariantSpec, codec_for_ratio
 from coinference.zoo import file_sha256, split_model
@@ -237,6 +240,33 @@ def layout(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
     return out
 
 
+INFERENCE_BATCHES = (500, 256, 128, 64)
+
+
+def inference(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
+    """Batched inference at several batch sizes, side by side: medians of interleaved passes of 2,000 training
+    images through the whole base model, and through a pruned layer1.2 head (s = 0.25, one-shot masks: speed does
+    not depend on the weights), with :func:`coinference.evaluate.outputs` (channels-last) as every evaluation runs."""
+    model, data = Builder(args.weights, args.data_dir, args.cache).base(base_spec)
+    head = prune_device(model, "layer1.2", data, PruneConfig(sparsity=0.25, train=None)).head
+    x = data.train_x[:2000]
+    out = {}
+    for name, net in (("whole model", model), ("pruned layer1.2 head, s=0.25", head)):
+        calls = {bs: (lambda bs=bs, net=net: outputs(net, data, x, bs)) for bs in INFERENCE_BATCHES}
+        times: dict[int, list[float]] = {bs: [] for bs in INFERENCE_BATCHES}
+        for r in range(args.layout_runs // 2 + 1):
+            for bs, call in calls.items():
+                t0 = time.perf_counter()
+                call()
+                if r:  # the first round warms up
+                    times[bs].append(time.perf_counter() - t0)
+        med = {bs: statistics.median(ts) for bs, ts in times.items()}
+        ref = med[INFERENCE_BATCHES[0]]
+        out[name] = {str(bs): {"seconds_per_2000": t, "speedup_vs_500": ref / t} for bs, t in med.items()}
+        print(f"{name:>30}: " + ", ".join(f"b{bs} {t:.3f} s ({ref / t:.2f}×)" for bs, t in med.items()), flush=True)
+    return out
+
+
 CURVE = [(150, 19200), (300, 38400), (750, 19200), (750, 50000)]
 """(codec steps, training images) budgets of --parts curve; the first is `fast`'s, the last its 5× (all 50,000
 images: augmented live batches where their features exceed the 2 GiB feature cache)."""
@@ -395,6 +425,8 @@ def main() -> None:
     timed = base_spec.with_(sparsity=0.25, codec=codec_for_ratio((16, 32, 32), 64, 2))
     if "layout" in parts:
         result["layout"] = layout(args, base_spec)
+    if "inference" in parts:
+        result["inference"] = inference(args, base_spec)
     if "timing" in parts:
         result["timing"] = timing(args, timed)
     if "ablation" in parts:

@@ -20,6 +20,7 @@ from coinference.codec.config import CodecConfig
 from coinference.codec.entropy import BitstreamError
 from coinference.codec.quantize import uniform_quantize
 from coinference.errors import ConfigError
+from coinference.evaluate import INFERENCE_BATCH
 
 HUFFMAN_BITS = 8
 _RANGE = struct.Struct("<ff")
@@ -101,7 +102,7 @@ class HuffmanCodec(FeatureCodec):
         return sym / (2**HUFFMAN_BITS - 1) * scale + lo
 
     @torch.no_grad()
-    def fit_statistics(self, features: torch.Tensor, batch_size: int = 500) -> None:
+    def fit_statistics(self, features: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> None:
         counts = np.zeros(2**HUFFMAN_BITS, dtype=np.float64)
         for i in range(0, len(features), batch_size):
             sym = self.to_symbols(features[i : i + batch_size])[:, 2:].to(torch.int64)

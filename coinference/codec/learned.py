@@ -16,7 +16,7 @@ from coinference.codec.config import CodecConfig
 from coinference.codec.entropy import CategoricalCoder
 from coinference.codec.quantize import ScalarQuantizer, VectorQuantizer
 from coinference.errors import ConfigError
-from coinference.evaluate import eval_mode
+from coinference.evaluate import INFERENCE_BATCH, eval_mode
 
 
 class QuantizedCodec(FeatureCodec):
@@ -57,7 +57,7 @@ class QuantizedCodec(FeatureCodec):
         return self.decoder(self.quantizer.dequantize(symbols))
 
     @torch.no_grad()
-    def fit_statistics(self, features: torch.Tensor, batch_size: int = 500) -> None:
+    def fit_statistics(self, features: torch.Tensor, batch_size: int = INFERENCE_BATCH) -> None:
         with eval_mode(self):
             chunks = [self.to_symbols(features[i : i + batch_size]) for i in range(0, len(features), batch_size)]
         syms = torch.cat(chunks)

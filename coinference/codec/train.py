@@ -27,7 +27,7 @@ from coinference.codec.entropy import HEADER_BITS, HEADER_BYTES
 from coinference.codec.learned import QuantizedCodec
 from coinference.data import ImageData
 from coinference.errors import CoinferenceError, ConfigError
-from coinference.evaluate import eval_mode, outputs
+from coinference.evaluate import INFERENCE_BATCH, eval_mode, outputs
 from coinference.profile import count_macs
 from coinference.train import (
     StepHooks,
@@ -131,7 +131,9 @@ class TrainedCodec:
         return evaluate_codec(self, head, data, **kwargs)  # type: ignore[arg-type]
 
 
-def head_features(head: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+def head_features(
+    head: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = INFERENCE_BATCH
+) -> torch.Tensor:
     """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored)."""
     return outputs(head, data, x_uint8, batch_size)
 
@@ -285,7 +287,9 @@ def _train(
         logits = teacher_logits
         if logits is None:
             with torch.no_grad():
-                logits = torch.cat([teacher(feats[i : i + 500]) for i in range(0, len(feats), 500)])
+                logits = torch.cat(
+                    [teacher(feats[i : i + INFERENCE_BATCH]) for i in range(0, len(feats), INFERENCE_BATCH)]
+                )
         batches = _cached_batches(feats, pack_targets(data.train_y[pool], logits), tcfg.batch_size, tcfg.seed)
     else:
         batches = _live_batches(head, teacher, data, tcfg, image_teacher)
@@ -347,7 +351,7 @@ def evaluate_codec(
     features: torch.Tensor | None = None,
     bits_samples: int | None = None,
     verify: int = 8,
-    batch_size: int = 500,
+    batch_size: int = INFERENCE_BATCH,
     seed: int = 0,
 ) -> CodecEval:
     """Accuracy and bits per sample of ``trained`` on ``data``'s test split.
@@ -373,8 +377,10 @@ def evaluate_codec(
     elif level is not None:
         raise ConfigError(f"codec {codec.kind!r} has no channel; got a channel level {level}")
     correct = 0
+    layout = torch.channels_last if feats.dim() == 4 else torch.contiguous_format  # as outputs() runs models
     for i in range(0, len(feats), batch_size):
-        correct += int((tail(codec(feats[i : i + batch_size])).argmax(1) == data.test_y[i : i + batch_size]).sum())
+        logits = tail(codec(feats[i : i + batch_size].contiguous(memory_format=layout)))
+        correct += int((logits.argmax(1) == data.test_y[i : i + batch_size]).sum())
     bits: list[int] = []
     checked = 0
     if codec.kind != "jscc-awgn":
