@@ -98,6 +98,21 @@ def test_head_stays_frozen_and_tail_untouched(synthetic, trained_tiny) -> None:
     assert all(p.requires_grad for p in tail.parameters())
 
 
+def test_evaluation_restores_every_module_mode(synthetic, trained_tiny) -> None:
+    """evaluate_codec runs everything in eval mode and then hands the caller its modes back (e.g. mid-training)."""
+    head, tail = split_model(trained_tiny, 2)
+    tc = train_codec(head, tail, synthetic, CodecConfig("sq", channels=4, bits=2, finetune_tail=True), FAST)
+    head.train()
+    tc.codec.train()
+    tc.tail.train()
+    tc.tail[0].eval()  # a submodule deliberately left in eval mode keeps it
+    before = {m: m.training for net in (head, tc.codec, tc.tail) for m in net.modules()}
+    ev = evaluate_codec(tc, head, synthetic, bits_samples=4)
+    assert 0.0 <= ev.accuracy <= 1.0
+    assert {m: m.training for m in before} == before
+    assert tc.codec.training and tc.tail.training and head.training
+
+
 def test_pruned_head_with_fewer_channels(synthetic, trained_tiny) -> None:
     """The codec follows the head's real output (5 channels here), not the zoo's split shape (8)."""
     head0, tail0 = split_model(trained_tiny, 2)

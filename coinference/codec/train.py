@@ -365,47 +365,48 @@ def evaluate_codec(
         features: precomputed head outputs of the test images (saves a head pass when evaluating many codecs).
     """
     codec, tail = trained.codec, trained.tail
-    codec.eval()
-    tail.eval()
-    feats = features if features is not None else head_features(head, data, data.test_x)
-    if len(feats) != len(data.test_y):
-        raise ConfigError(f"{len(feats)} test features for {len(data.test_y)} test labels")
-    used_level = None
-    if codec.has_channel:
-        used_level = float(level if level is not None else (codec.cfg.snr_db if _is_snr(codec) else codec.cfg.p))
-        codec.set_channel_level(used_level, torch.Generator().manual_seed(seed))
-    elif level is not None:
-        raise ConfigError(f"codec {codec.kind!r} has no channel; got a channel level {level}")
-    correct = 0
-    layout = torch.channels_last if feats.dim() == 4 else torch.contiguous_format  # as outputs() runs models
-    for i in range(0, len(feats), batch_size):
-        logits = tail(codec(feats[i : i + batch_size].contiguous(memory_format=layout)))
-        correct += int((logits.argmax(1) == data.test_y[i : i + batch_size]).sum())
-    bits: list[int] = []
-    checked = 0
-    if codec.kind != "jscc-awgn":
-        n = len(feats) if bits_samples is None else min(bits_samples, len(feats))
-        for i in range(n):
-            f = feats[i : i + 1]
-            blob = codec.compress(f)
-            bits.append(8 * (len(blob) - HEADER_BYTES))
-            if checked < verify:
-                expect = codec.from_symbols(codec.to_symbols(f))
-                if not torch.equal(codec.decompress(blob), expect):
-                    raise CoinferenceError(f"codec {codec.kind!r}: decompress(compress(x)) differs at test image {i}")
-                checked += 1
-    return CodecEval(
-        accuracy=correct / len(feats),
-        bits_mean=sum(bits) / len(bits) if bits else None,
-        bits_max=max(bits) if bits else None,
-        header_bits=HEADER_BITS,
-        channel_uses=codec.channel_uses,
-        channel_level=used_level,
-        encoder_macs=trained.encoder_macs,
-        decoder_macs=trained.decoder_macs,
-        samples_coded=len(bits),
-        roundtrips_checked=checked,
-    )
+    # eval mode for the block only: every submodule's own mode is restored (the caller may be mid-training)
+    with eval_mode(codec), eval_mode(tail):
+        feats = features if features is not None else head_features(head, data, data.test_x)
+        if len(feats) != len(data.test_y):
+            raise ConfigError(f"{len(feats)} test features for {len(data.test_y)} test labels")
+        used_level = None
+        if codec.has_channel:
+            used_level = float(level if level is not None else (codec.cfg.snr_db if _is_snr(codec) else codec.cfg.p))
+            codec.set_channel_level(used_level, torch.Generator().manual_seed(seed))
+        elif level is not None:
+            raise ConfigError(f"codec {codec.kind!r} has no channel; got a channel level {level}")
+        correct = 0
+        layout = torch.channels_last if feats.dim() == 4 else torch.contiguous_format  # as outputs() runs models
+        for i in range(0, len(feats), batch_size):
+            logits = tail(codec(feats[i : i + batch_size].contiguous(memory_format=layout)))
+            correct += int((logits.argmax(1) == data.test_y[i : i + batch_size]).sum())
+        bits: list[int] = []
+        checked = 0
+        if codec.kind != "jscc-awgn":
+            n = len(feats) if bits_samples is None else min(bits_samples, len(feats))
+            for i in range(n):
+                f = feats[i : i + 1]
+                blob = codec.compress(f)
+                bits.append(8 * (len(blob) - HEADER_BYTES))
+                if checked < verify:
+                    expect = codec.from_symbols(codec.to_symbols(f))
+                    if not torch.equal(codec.decompress(blob), expect):
+                        what = f"codec {codec.kind!r}: decompress(compress(x)) differs at test image {i}"
+                        raise CoinferenceError(what)
+                    checked += 1
+        return CodecEval(
+            accuracy=correct / len(feats),
+            bits_mean=sum(bits) / len(bits) if bits else None,
+            bits_max=max(bits) if bits else None,
+            header_bits=HEADER_BITS,
+            channel_uses=codec.channel_uses,
+            channel_level=used_level,
+            encoder_macs=trained.encoder_macs,
+            decoder_macs=trained.decoder_macs,
+            samples_coded=len(bits),
+            roundtrips_checked=checked,
+        )
 
 
 def _is_snr(codec: FeatureCodec) -> bool:
