@@ -170,23 +170,39 @@ def ablation(args: argparse.Namespace, spec: VariantSpec) -> dict:
     return {label: timed_build(args, spec, label, fid) for label, fid in steps}
 
 
-def temperature(args: argparse.Namespace, spec: VariantSpec) -> dict:
-    """The codec phase's distillation temperature at the `fast` budget: per seed, one pruned head (built once, in a
-    cache of that seed's own) under codecs trained at each of --temperatures, so only the temperature differs."""
+TEMPERATURE_SPECS: dict[str, tuple[str, float, CodecSpec] | None] = {
+    "timing": None,  # the timing spec (layer1.2, s = 0.25, r = 64)
+    # server part = the classifier alone: the pooled 64-value feature coded, then one linear layer
+    "layer3.2-bottlenetpp": ("layer3.2", 0.0, CodecSpec("bottlenetpp", dim=8, bits=8)),
+    "layer3.2-sq": ("layer3.2", 0.0, CodecSpec("sq", bits=2)),
+}
+"""Variants of --parts temperature (--temperature-specs)."""
+
+
+def temperature(args: argparse.Namespace, timed: VariantSpec) -> dict:
+    """The codec phase's distillation temperature at the `fast` budget: per spec of --temperature-specs and seed,
+    one pruned head (built once, in a cache of that seed's own) under codecs trained at each of --temperatures, so
+    only the temperature differs."""
     fast = FIDELITIES.get("fast")
-    runs: dict[str, dict] = {}
-    for seed in args.seeds:
-        with tempfile.TemporaryDirectory() as tmp:
-            for t in args.temperatures:
-                fid = replace(fast, codec_temperature=t)
-                runs[f"s{seed} T{t:g}"] = timed_build(args, spec.with_(seed=seed), f"T{t:g} s{seed}", fid, Path(tmp))
-    means = {
-        f"T{t:g}": statistics.mean(runs[f"s{s} T{t:g}"]["accuracy_whole_test"] for s in args.seeds)
-        for t in args.temperatures
-    }
-    print("mean accuracy on the whole test set over seeds", args.seeds, ":",
-          ", ".join(f"{k} {100 * v:.2f}%" for k, v in means.items()))  # fmt: skip
-    return {"runs": runs, "mean_accuracy_whole_test": means}
+    out: dict[str, dict] = {}
+    for name in args.temperature_specs:
+        entry = TEMPERATURE_SPECS[name]
+        spec = timed if entry is None else timed.with_(split=entry[0], sparsity=entry[1], codec=entry[2])
+        runs: dict[str, dict] = {}
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as tmp:
+                for t in args.temperatures:
+                    fid = replace(fast, codec_temperature=t)
+                    label = f"T{t:g} s{seed}"
+                    runs[f"s{seed} T{t:g}"] = timed_build(args, spec.with_(seed=seed), label, fid, Path(tmp))
+        means = {
+            f"T{t:g}": statistics.mean(runs[f"s{s} T{t:g}"]["accuracy_whole_test"] for s in args.seeds)
+            for t in args.temperatures
+        }
+        print(f"{name}: mean accuracy on the whole test set over seeds", args.seeds, ":",
+              ", ".join(f"{k} {100 * v:.2f}%" for k, v in means.items()))  # fmt: skip
+        out[name] = {"runs": runs, "mean_accuracy_whole_test": means}
+    return out
 
 
 def phases(args: argparse.Namespace, spec: VariantSpec) -> dict:
@@ -406,6 +422,8 @@ def main() -> None:
     )
     ap.add_argument("--temperatures", type=float, nargs="+", default=[2.0, 4.0, 8.0],
                     help="codec distillation temperatures of --parts temperature")  # fmt: skip
+    ap.add_argument("--temperature-specs", nargs="+", choices=list(TEMPERATURE_SPECS), default=["timing"],
+                    help="variants of --parts temperature")  # fmt: skip
     ap.add_argument("--layout-runs", type=int, default=20, help="timed steps per layout in --parts layout")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
