@@ -192,7 +192,8 @@ def temperature(args: argparse.Namespace, timed: VariantSpec) -> dict:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 for t in args.temperatures:
-                    fid = replace(fast, codec_temperature=t)
+                    # every variant at t, also one whose server part has no convolution
+                    fid = replace(fast, codec_temperature=t, classifier_temperature=None)
                     label = f"T{t:g} s{seed}"
                     runs[f"s{seed} T{t:g}"] = timed_build(args, spec.with_(seed=seed), label, fid, Path(tmp))
         means = {

@@ -276,7 +276,7 @@ class Builder:
         ccfg = codec_config(spec)
         if fid.codec_tail and ccfg.kind not in ("none", "huffman"):
             ccfg = replace(ccfg, finetune_tail=True)
-        ccfg = replace(ccfg, distill_temperature=fid.codec_temperature)
+        ccfg = replace(ccfg, distill_temperature=fid.codec_temperature_for(pruned.tail))
         ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, len(pruned.kept_channels))
         base = fid.base_teacher and ccfg.trainable  # huffman and none learn nothing: no distillation targets
         codec = train_codec(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from torch import nn
+
 from coinference.registry import Registry
 from coinference.train import KD_TEMPERATURE, TrainConfig
 
@@ -33,6 +35,19 @@ class Fidelity:
     without augmentation takes its targets from the same cached logits instead of running the base model."""
     codec_temperature: float = KD_TEMPERATURE
     """Temperature of the codec phase's distillation (:attr:`CodecConfig.distill_temperature`)."""
+    classifier_temperature: float | None = None
+    """The codec phase's temperature instead of :attr:`codec_temperature` when the server part has no convolution
+    (e.g. only pooling and the classifier after the last stage); None: the same for every variant. A high
+    temperature asks the student for the teacher's logit values, not only their ranking, which a single linear layer
+    after a narrow bottleneck cannot match (:meth:`codec_temperature_for`)."""
+
+    def codec_temperature_for(self, server: nn.Module) -> float:
+        """The codec phase's distillation temperature for a variant whose server part is ``server``."""
+        if self.classifier_temperature is not None and not any(
+            isinstance(m, nn.modules.conv._ConvNd) for m in server.modules()
+        ):
+            return self.classifier_temperature
+        return self.codec_temperature
 
 
 FIDELITIES: Registry[Fidelity] = Registry("fidelity")
@@ -59,8 +74,9 @@ for _f in (
         prune_distill=0.9,
         base_teacher=True,
         # softer targets carry more per image at this short budget (bench_variants.py --parts ablation); variants
-        # whose server part is only the classifier lost by it in --parts rank (docs/RESULTS.md)
+        # whose server part is only the classifier lose by it, and keep 2 (--parts temperature, docs/RESULTS.md)
         codec_temperature=8.0,
+        classifier_temperature=2.0,
     ),
     Fidelity(
         "full",

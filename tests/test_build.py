@@ -218,3 +218,17 @@ def test_parallel_writers_never_share_a_temporary_file(tmp_path: Path) -> None:
     names.append(build._tmp_name(target))
     assert len(set(names)) == 3 and all(n.parent == target.parent and n.name.endswith(".tmp") for n in names)
     assert target.parent.is_dir()
+
+
+def test_classifier_only_server_part_gets_its_own_temperature(cache: Path) -> None:
+    # a server part without convolutions (tiny-cnn cut after block2: only the linear classifier) distills at the
+    # preset's classifier temperature; one with convolutions at its codec temperature
+    smoke = FIDELITIES.get("smoke")
+    fid = replace(smoke, codec_temperature=8.0, classifier_temperature=3.0)
+    b = Builder(cache_dir=cache / "temperature", fidelities={"smoke": fid})
+    late = b.build(SPEC.with_(split="block2", sparsity=0.0, codec=CodecSpec("sq", bits=2)))
+    early = b.build(SPEC)
+    assert late.codec.config.distill_temperature == 3.0
+    assert early.codec.config.distill_temperature == 8.0
+    assert replace(fid, classifier_temperature=None).codec_temperature_for(late.pruned.tail) == 8.0
+    assert FIDELITIES.get("fast").codec_temperature_for(torch.nn.Linear(4, 2)) == 2.0
