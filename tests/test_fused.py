@@ -1,0 +1,113 @@
+"""The fused CPU runtime computes what the (shrunk) head computes, with every kernel; clear errors otherwise."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+from torch import nn
+
+import coinference.fused as fused
+from coinference.errors import ConfigError
+from coinference.fused import TILES, FusedHead
+from coinference.prune import PruneConfig, prune_device
+from coinference.train import TrainConfig, fit
+from coinference.zoo import build_model, split_model
+from coinference.zoo.resnet import ResNet
+
+pytestmark = pytest.mark.skipif(
+    shutil.which(os.environ.get("CC", "cc")) is None, reason="the fused runtime needs a C compiler"
+)
+
+
+def _trained(model: nn.Module, data) -> nn.Module:
+    torch.manual_seed(0)
+    fit(model, data, TrainConfig(steps=6, batch_size=32, lr=0.05))  # BN statistics and weights away from init
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def nets(synthetic) -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {
+        "option A": _trained(build_model("resnet-digits", num_classes=4, in_channels=3), synthetic),
+        # option-B (1×1 conv + BN) shortcuts, 20 output channels: not a multiple of the kernels' channel tiles
+        "option B": _trained(ResNet([1, 1], [12, 20], 4, 3, option="B"), synthetic),
+        "plain": _trained(build_model("tiny-cnn"), synthetic),
+    }
+
+
+CASES = [
+    ("option A", "layer1.1"),
+    ("option A", "layer2.0"),  # stride-2 conv and an option-A shortcut
+    ("option A", "layer2.1"),  # ends with global pooling
+    ("option B", "layer2.0"),
+    ("plain", "block1"),
+    ("plain", "block2"),
+]
+
+
+@pytest.mark.parametrize(("net", "split"), CASES)
+@pytest.mark.parametrize("sparsity", [0.0, 0.5])
+def test_fused_head_equals_the_module(nets, synthetic, net, split, sparsity) -> None:
+    model = nets[net]
+    if sparsity == 0:
+        head = split_model(model, split)[0].eval()
+    else:  # shrunk: fewer channels, ChannelGather shortcuts
+        head = prune_device(model, split, synthetic, PruneConfig(sparsity, 0.0, train=None)).head
+    x = synthetic.normalize(synthetic.test_x[:16])
+    with torch.no_grad():
+        ref = head(x)
+    outs = [FusedHead(head, synthetic.input_shape, tile=t)(x) for t in (*TILES, None)]
+    for out in outs:
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+        assert torch.equal(out, outs[0])  # every kernel sums in the same order: identical bits, whatever it picks
+    # batch 1, and a channels-last input
+    torch.testing.assert_close(FusedHead(head, synthetic.input_shape)(x[:1]), ref[:1], atol=1e-5, rtol=1e-5)
+    nhwc = x.contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(FusedHead(head, synthetic.input_shape)(nhwc), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_modules_and_inputs_are_named() -> None:
+    with pytest.raises(ConfigError, match="unsupported module MaxPool2d"):
+        FusedHead(nn.Sequential(nn.MaxPool2d(2)), (3, 8, 8))
+    with pytest.raises(ConfigError, match="unsupported convolution"):
+        FusedHead(nn.Sequential(nn.Conv2d(3, 4, 5, padding=2)), (3, 8, 8))
+    with pytest.raises(ConfigError, match="unsupported module ReLU"):
+        FusedHead(nn.Sequential(nn.ReLU()), (3, 8, 8))
+    with pytest.raises(ConfigError, match="tile 7 unknown"):
+        FusedHead(nn.Sequential(), (3, 8, 8), tile=7)
+    head = FusedHead(build_model("tiny-cnn").stem, (3, 8, 8))
+    with pytest.raises(ConfigError, match=r"input shape \(2, 3, 4, 4\)"):
+        head(torch.zeros(2, 3, 4, 4))
+
+
+def test_compiler_failure_is_a_clear_error(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "_LIB", None)
+    monkeypatch.setenv("COINFERENCE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", "false")  # exists, always fails
+    with pytest.raises(ConfigError, match="compiling the fused runtime with false failed"):
+        fused.library()
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    with pytest.raises(ConfigError, match="'no-such-compiler-xyz' not found"):
+        fused.library()
+    assert list(tmp_path.glob("*.so")) == []  # nothing half-written
+
+
+def test_plain_conv_bn_relu_sequences_fuse(synthetic) -> None:
+    torch.manual_seed(0)
+    head = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.Conv2d(6, 5, 1, stride=2), nn.ReLU(),
+        nn.Conv2d(5, 9, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(9),
+    )  # fmt: skip
+    for m in head.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    head.eval()
+    x = synthetic.normalize(synthetic.test_x[:8])
+    with torch.no_grad():
+        torch.testing.assert_close(FusedHead(head, synthetic.input_shape)(x), head(x), atol=1e-5, rtol=1e-5)
