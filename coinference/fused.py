@@ -21,9 +21,12 @@ import ctypes
 import hashlib
 import math
 import os
+import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from coinference.errors import ConfigError
+from coinference.evaluate import eval_mode
 from coinference.prune.shrink import ChannelGather
 from coinference.zoo.base import GlobalPool
 from coinference.zoo.resnet import BasicBlock, ShortcutA, Stem
@@ -139,7 +143,7 @@ static int conv3_##NC##x##NV(const float* restrict in, int CI, int IH, int IW, c
             const size_t at = ((size_t)(co0 + c) * OPH + y + 1) * OPW + 1 + x0 + 8 * v;                   \
             v8 a = acc[c][v];                                                                             \
             if (res) a += ld8(res + at);                                                                  \
-            if (relu) { const v8 z = {0}; const vi8 m = a > z; a = (v8)((vi8)a & m); }                   \
+            if (relu) { const v8 z = {0}; const vi8 m = a < z; a = (v8)((vi8)a & ~m); }                   \
             st8(out + at, a);                                                                             \
           }                                                                                               \
         }                                                                                                 \
@@ -254,6 +258,20 @@ def cache_dir() -> Path:
 _LIB: ctypes.CDLL | None = None
 
 
+def _cpu_id() -> str:
+    """The machine and CPU the library is built for (architecture, model and feature flags where readable)."""
+    parts = [platform.machine(), platform.processor()]
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "flags", "Features", "CPU part")):
+                parts.append(line)
+                if len(parts) >= 4:
+                    break
+    except OSError:
+        pass
+    return "|".join(parts)
+
+
 def library() -> ctypes.CDLL:
     """The compiled kernels (built on first use, then loaded from the cache folder).
 
@@ -264,18 +282,20 @@ def library() -> ctypes.CDLL:
     if _LIB is not None:
         return _LIB
     cc = os.environ.get("CC", "cc")
+    command = shlex.split(cc)
     flags = ["-O3", "-march=native", "-std=gnu99", "-shared", "-fPIC"]
-    digest = hashlib.sha256((C_SOURCE + cc + " ".join(flags)).encode()).hexdigest()[:16]
+    # -march=native: a library built on one CPU may not run on another sharing the cache folder
+    digest = hashlib.sha256("\0".join([C_SOURCE, cc, *flags, _cpu_id()]).encode()).hexdigest()[:16]
     path = cache_dir() / f"fused-{digest}.so"
     if not path.is_file():
-        if shutil.which(cc) is None:
+        if not command or shutil.which(command[0]) is None:
             raise ConfigError(f"the fused runtime needs a C compiler: {cc!r} not found (set CC)")
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             src = Path(tmp) / "fused.c"
             src.write_text(C_SOURCE)
             built = Path(tmp) / path.name
-            done = subprocess.run([cc, *flags, str(src), "-o", str(built)], capture_output=True, text=True)
+            done = subprocess.run([*command, *flags, str(src), "-o", str(built)], capture_output=True, text=True)
             if done.returncode != 0:
                 raise ConfigError(f"compiling the fused runtime with {cc} failed: {done.stderr.strip()[:500]}")
             os.replace(built, path)  # atomic: a concurrent builder never loads a half-written library
@@ -305,18 +325,26 @@ class _Value:
     shape: tuple[int, ...]  # (C, H, W) or (C,)
 
 
+def _device(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters live (the CPU when it has none)."""
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(weights padded to a multiple of 8 output channels, bias) of ``conv`` with ``bn`` folded in."""
-    w = conv.weight.detach().float()
-    b = conv.bias.detach().float() if conv.bias is not None else torch.zeros(w.shape[0])
+    f32 = torch.float32
+    w = conv.weight.detach().to("cpu", f32)
+    b = conv.bias.detach().to("cpu", f32) if conv.bias is not None else torch.zeros(w.shape[0], dtype=f32)
     if bn is not None:
-        assert bn.running_var is not None and bn.running_mean is not None
-        scale = (bn.weight.detach().float() if bn.affine else torch.ones_like(b)) / torch.sqrt(
-            bn.running_var.float() + bn.eps
-        )
-        shift = bn.bias.detach().float() if bn.affine else torch.zeros_like(b)
+        if bn.running_var is None or bn.running_mean is None:
+            raise ConfigError(f"fused runtime: {bn} has no running statistics to fold")
+        mean, var = bn.running_mean.detach().to("cpu", f32), bn.running_var.detach().to("cpu", f32)
+        gamma = bn.weight.detach().to("cpu", f32) if bn.affine else torch.ones_like(b)
+        shift = bn.bias.detach().to("cpu", f32) if bn.affine else torch.zeros_like(b)
+        scale = gamma / torch.sqrt(var + bn.eps)
         w = w * scale[:, None, None, None]
-        b = (b - bn.running_mean.float()) * scale + shift
+        b = (b - mean) * scale + shift
     co = w.shape[0]
     pad = (-co) % 8
     w = torch.cat([w, w.new_zeros(pad, *w.shape[1:])]).contiguous()
@@ -342,14 +370,22 @@ class FusedHead(nn.Module):
         self._params: list[torch.Tensor] = []  # kept alive: the C side holds their pointers
         self._bufs: list[tuple[int, ...]] = []
         self._free: dict[tuple[int, ...], list[int]] = {}
-        module = module.eval()
+        self._lock = threading.Lock()  # one set of activation planes: one call at a time
         x = _Value(self._alloc(self.input_shape), self.input_shape)
-        with torch.no_grad():
+        with eval_mode(module), torch.no_grad():  # the caller's train/eval modes come back afterwards
             self.output = self._walk(module, x)
-            expected = module(torch.zeros(1, *self.input_shape)).shape[1:]
-        if tuple(expected) != self.output.shape:
-            raise ConfigError(f"fused plan gives shape {self.output.shape}, the module {tuple(expected)}")
-        self._planes = [torch.zeros(s) for s in self._bufs]
+            self._finish()
+            probe = torch.randn(2, *self.input_shape, generator=torch.Generator().manual_seed(0))
+            expected = module(probe.to(_device(module))).detach().to("cpu", torch.float32)
+        if tuple(expected.shape[1:]) != self.output.shape:
+            raise ConfigError(f"fused plan gives shape {self.output.shape}, the module {tuple(expected.shape[1:])}")
+        got = self(probe)
+        if not torch.allclose(got, expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max()) + 1e-5):
+            # e.g. a subclass of a supported block with its own forward
+            raise ConfigError(f"fused plan of {type(module).__name__} does not compute what the module computes")
+
+    def _finish(self) -> None:
+        self._planes = [torch.zeros(s, dtype=torch.float32) for s in self._bufs]
         self._buf_ptrs = (ctypes.c_void_p * len(self._planes))(*[t.data_ptr() for t in self._planes])
         self._param_ptrs = (ctypes.c_void_p * max(1, len(self._params)))(*[t.data_ptr() for t in self._params])
         flat = [v for op in self._ops for v in op]
@@ -405,8 +441,8 @@ class FusedHead(nn.Module):
         kernel sums in the same order, so the choice never changes the outputs)."""
         if self.tile is not None:
             return self.tile
-        src = torch.randn(ci, ih + 2, iw + 2)
-        dst = torch.zeros(w.shape[0], oh + 2, ow + 2)
+        src = torch.randn(ci, ih + 2, iw + 2, dtype=torch.float32)
+        dst = torch.zeros(w.shape[0], oh + 2, ow + 2, dtype=torch.float32)
         ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (src, w, b, dst)]
         best: tuple[float, int] = (math.inf, 0)
         for tile in TILES:
@@ -423,7 +459,7 @@ class FusedHead(nn.Module):
         oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
         shape = (len(src), oh, ow)
         out = _Value(self._alloc(shape), shape)
-        pi = self._param(src.to(torch.int32).contiguous())
+        pi = self._param(src.to("cpu", torch.int32).contiguous())
         self._ops.append([OP_GATHER, x.buf, out.buf, -1, c, h, w, len(src), oh, ow, 0, stride, 0, pi, 0])
         return out
 
@@ -468,6 +504,8 @@ class FusedHead(nn.Module):
             h = self._conv(m.conv1, m.bn1, x, relu=True)
             sc = self._shortcut(m.shortcut, x)
             res = x if sc is None else sc
+            if res.shape != (m.conv2.out_channels, *h.shape[1:]):
+                raise ConfigError(f"fused runtime: shortcut of shape {res.shape} for a block output {h.shape}")
             y = self._conv(m.conv2, m.bn2, h, relu=True, res=res)
             self._release(h)
             if sc is not None:
@@ -486,7 +524,10 @@ class FusedHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
             raise ConfigError(f"fused runtime: input shape {tuple(x.shape)}, expected (N, *{self.input_shape})")
-        x = x.detach().float().contiguous()
-        out = torch.empty(x.shape[0], *self.output.shape)
-        self.lib.run(x.shape[0], x.data_ptr(), out.data_ptr(), self._plan_ref)
+        if x.device.type != "cpu":
+            raise ConfigError(f"fused runtime: input on {x.device}, it runs on the CPU")
+        x = x.detach().to(torch.float32).contiguous()
+        out = torch.empty(x.shape[0], *self.output.shape, dtype=torch.float32)
+        with self._lock:
+            self.lib.run(x.shape[0], x.data_ptr(), out.data_ptr(), self._plan_ref)
         return out

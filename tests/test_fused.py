@@ -111,3 +111,26 @@ def test_plain_conv_bn_relu_sequences_fuse(synthetic) -> None:
     x = synthetic.normalize(synthetic.test_x[:8])
     with torch.no_grad():
         torch.testing.assert_close(FusedHead(head, synthetic.input_shape)(x), head(x), atol=1e-5, rtol=1e-5)
+
+
+def test_modes_restored_nan_kept_and_lookalikes_refused(nets, synthetic) -> None:
+    head = split_model(nets["option A"], "layer1.1")[0].train()
+    fused_head = FusedHead(head, synthetic.input_shape)
+    assert all(m.training for m in head.modules())  # the caller's (training) model is left as it was
+    head.eval()
+    x = synthetic.normalize(synthetic.test_x[:4])
+    x[0, :, 2, 3] = float("nan")  # NaN propagates as in PyTorch (no kernel's ReLU turns it into 0)
+    with torch.no_grad():
+        torch.testing.assert_close(fused_head(x), head(x), atol=1e-5, rtol=1e-5, equal_nan=True)
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        fused_head(torch.empty(1, *synthetic.input_shape, device="meta"))
+
+    class Doubled(type(head[1])):  # a supported block type with another forward: caught by the value check
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    block = head[1]
+    odd = Doubled(block.conv1.in_channels, block.conv2.out_channels)
+    odd.load_state_dict(block.state_dict())
+    with pytest.raises(ConfigError, match="does not compute what the module computes"):
+        FusedHead(nn.Sequential(head[0], odd), synthetic.input_shape)
