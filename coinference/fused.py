@@ -366,6 +366,7 @@ class FusedHead(nn.Module):
         self.tile = tile
         self.lib = library()
         self.input_shape = tuple(int(s) for s in input_shape)
+        self._in_size = torch.Size(self.input_shape)
         self._ops: list[list[int]] = []
         self._params: list[torch.Tensor] = []  # kept alive: the C side holds their pointers
         self._bufs: list[tuple[int, ...]] = []
@@ -522,12 +523,13 @@ class FusedHead(nn.Module):
 
     # running -------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or tuple(x.shape[1:]) != self.input_shape:
+        if x.dim() != 4 or x.shape[1:] != self._in_size:
             raise ConfigError(f"fused runtime: input shape {tuple(x.shape)}, expected (N, *{self.input_shape})")
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise ConfigError(f"fused runtime: input on {x.device}, it runs on the CPU")
-        x = x.detach().to(torch.float32).contiguous()
-        out = torch.empty(x.shape[0], *self.output.shape, dtype=torch.float32)
+        if x.dtype is not torch.float32 or not x.is_contiguous():  # (cheap checks first: batch 1 costs µs)
+            x = x.to(torch.float32).contiguous()
+        out = torch.empty((x.shape[0], *self.output.shape), dtype=torch.float32)
         with self._lock:
             self.lib.run(x.shape[0], x.data_ptr(), out.data_ptr(), self._plan_ref)
         return out
