@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,29 +23,10 @@ from torch import nn
 
 from coinference.data import load_dataset
 from coinference.evaluate import accuracy
+from coinference.latency import interleaved_medians
 from coinference.prune import PruneConfig, Schedule, device_cost, feature_bits, prune_device
 from coinference.train import TrainConfig
 from coinference.zoo import MODELS, build_model, split_model
-
-
-def interleaved_medians(
-    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int
-) -> tuple[float, float]:
-    """Median seconds per call of ``a`` and of ``b``, timed alternately (same conditions) after ``warmup`` calls
-    of each."""
-    for _ in range(warmup):
-        a()
-        b()
-    ta, tb = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        a()
-        t1 = time.perf_counter()
-        b()
-        t2 = time.perf_counter()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    return statistics.median(ta), statistics.median(tb)
 
 
 @torch.no_grad()

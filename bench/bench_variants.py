@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_prune import interleaved_medians
 from scipy.stats import kendalltau
 
 from coinference.base import recorded_accuracy
@@ -35,7 +34,7 @@ from coinference.build import Builder
 from coinference.codec.train import evaluate_codec
 from coinference.evaluate import outputs
 from coinference.fidelity import FIDELITIES, Fidelity
-from coinference.latency import DEVICES, SERVERS, Link, end_to_end, feasible
+from coinference.latency import DEVICES, SERVERS, Link, end_to_end, feasible, interleaved_medians
 from coinference.plots import plot_latency_vs_bandwidth, plot_macs_vs_bits
 from coinference.profile import profile_model
 from coinference.prune import PruneConfig, prune_device

@@ -11,7 +11,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from coinference.errors import ConfigError
@@ -111,6 +113,26 @@ for _d in (
 SERVERS.register("rtx2080ti")(
     ServerProfile("rtx2080ti", 13.45e12 / 2, "NVIDIA RTX 2080 Ti: 13.45 TFLOP/s fp32 peak, as in the paper")
 )
+
+
+def interleaved_medians(
+    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int
+) -> tuple[float, float]:
+    """Median seconds per call of ``a`` and of ``b``, timed alternately (same conditions) after ``warmup`` calls
+    of each."""
+    for _ in range(warmup):
+        a()
+        b()
+    ta, tb = [], []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        a()
+        t1 = time.perf_counter()
+        b()
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
 
 
 def calibrate_local(seconds: float = 1.0) -> DeviceProfile:

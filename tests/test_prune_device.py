@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -132,6 +134,28 @@ def test_cli_prune_writes_checkpoint(run_cli, tmp_path: Path) -> None:
     assert code == 0, err
     assert "feature bits" in stdout and "device MACs" in stdout and "accuracy" in stdout
     assert load_pruned(out).feature_bits == 2 * 64 * 32
+
+
+def test_cli_prune_latency(run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    import coinference.fused as fused
+
+    args = ("prune", "--model", "tiny-cnn", "--split", "block1", "--steps", "2", "--batch-size", "16", "--latency")
+    code, stdout, err = run_cli(*args, "--json", "--out", str(tmp_path / "a.pt"))
+    assert code == 0, err
+    blob = json.loads(stdout)
+    rows = [k for k in blob if k.startswith("latency")]
+    if shutil.which(os.environ.get("CC", "cc")):
+        assert rows == ["latency b1, eager (ms)", "latency b1, fused (ms)"] and blob["notes"] == []
+    assert all(len(blob[k]) == 2 and min(blob[k]) > 0 for k in rows)
+    # no compiler: the eager figures alone, and a note that says why
+    monkeypatch.setattr(fused, "_LIB", None)
+    monkeypatch.setenv("COINFERENCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    code, stdout, err = run_cli(*args, "--out", str(tmp_path / "b.pt"))
+    assert code == 0, err
+    assert "latency b1, eager (ms)" in stdout and "fused runtime not timed" in stdout and "no-such-compiler" in stdout
 
 
 @pytest.mark.parametrize(

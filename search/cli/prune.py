@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -13,6 +14,8 @@ from rich.table import Table
 
 from coinference.errors import ConfigError
 from coinference.evaluate import accuracy
+from coinference.fused import FusedHead
+from coinference.latency import interleaved_medians
 from coinference.prune import (
     PruneConfig,
     PrunedDevice,
@@ -71,6 +74,14 @@ def prune(
     seed: Annotated[int, typer.Option(help="Seed of subset, order and augmentation.")] = 0,
     test_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N test images only.")] = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint path (default runs/prune/<name>.pt).")] = None,
+    latency: Annotated[
+        bool,
+        typer.Option(
+            "--latency",
+            help="Also time the dense and the pruned device part on this CPU at batch 1: eager PyTorch, and the fused "
+            "runtime (coinference.fused) when a C compiler is present; medians of interleaved runs.",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Prune the device part for a split point, fine-tune, shrink it; print before/after figures."""
@@ -114,8 +125,13 @@ def prune(
         "feature bits": (feature_bits(dense_feat[0], tuple(dense_feat)), pruned.feature_bits),
         "feature channels": (dense_feat[0], len(pruned.kept_channels)),
     }
+    notes: list[str] = []
+    if latency:
+        rows.update(_latencies(head, pruned.head, data.normalize(data.test_x[:1]), data.input_shape, notes))
     if as_json:
-        typer.echo(json.dumps({"checkpoint": str(path), **{k: list(v) for k, v in rows.items()}}, indent=2))
+        typer.echo(
+            json.dumps({"checkpoint": str(path), **{k: list(v) for k, v in rows.items()}, "notes": notes}, indent=2)
+        )
         return
     c = console()
     t = Table(
@@ -125,7 +141,33 @@ def prune(
     for col in ("", "before (dense)", "after (pruned)", "after / before"):
         t.add_column(col, justify="right")
     for k, (a, b) in rows.items():
-        fmt = (lambda v: f"{100 * v:.2f} %") if k == "accuracy" else (lambda v: f"{int(v):,}")
+        fmt = (
+            (lambda v: f"{100 * v:.2f} %")
+            if k == "accuracy"
+            else (lambda v: f"{v:.3f}")
+            if k.startswith("latency")
+            else (lambda v: f"{int(v):,}")
+        )
         t.add_row(k, fmt(a), fmt(b), f"{b / a:.3f}" if a else "n/a")
     c.print(t)
+    for note in notes:
+        c.print(note)
     c.print(f"checkpoint: {path}")
+
+
+def _latencies(
+    dense: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, input_shape: tuple[int, ...], notes: list[str]
+) -> dict[str, tuple[float, float]]:
+    """Batch-1 latency (ms) of the dense and the pruned head, side by side, in eager PyTorch and the fused runtime."""
+    out: dict[str, tuple[float, float]] = {}
+    shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
+    runs: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {"eager": (dense.eval(), pruned.eval())}
+    try:
+        runs["fused"] = (FusedHead(dense, shape), FusedHead(pruned, shape))
+    except ConfigError as e:  # e.g. no C compiler: the eager figures stand alone
+        notes.append(f"fused runtime not timed: {e}")
+    for name, (a, b) in runs.items():
+        with torch.no_grad():
+            ta, tb = interleaved_medians(partial(a, x), partial(b, x), 200, 20)
+        out[f"latency b1, {name} (ms)"] = (1e3 * ta, 1e3 * tb)
+    return out
