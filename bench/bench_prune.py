@@ -19,22 +19,13 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from coinference.data import load_dataset
 from coinference.evaluate import accuracy
-from coinference.latency import interleaved_medians
+from coinference.latency import latency_pair
 from coinference.prune import PruneConfig, Schedule, device_cost, feature_bits, prune_device
 from coinference.train import TrainConfig
 from coinference.zoo import MODELS, build_model, split_model
-
-
-@torch.no_grad()
-def latency_pair(a: nn.Module, b: nn.Module, x: torch.Tensor, runs: int) -> tuple[float, float]:
-    """Median seconds per forward of ``a`` and of ``b`` on ``x``, timed alternately (same conditions)."""
-    a.eval()
-    b.eval()
-    return interleaved_medians(lambda: a(x), lambda: b(x), runs, max(3, runs // 10))
 
 
 def main() -> None:

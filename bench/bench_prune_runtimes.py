@@ -16,8 +16,9 @@ speed-up ÷ MAC reduction — the figure issue 3 asks to be ≥ 0.7:
   folded, weights prepacked, pointwise ops fused into generated C++); compiled per model and batch size;
 * ``fused``: our fused runtime (:mod:`coinference.fused`: BN folded, ReLU and residual adds in the convolutions'
   epilogue, kernels vectorised along image rows, one image through the whole head at a time);
-* ``eager/fused``: the dense head in eager PyTorch (oneDNN, its fastest runtime here) against the shrunk head in
-  the fused runtime: what a deployment that picks the faster runtime for each head gains.
+* ``eager/fused``: the dense head in eager PyTorch (the default) against the shrunk head in the fused runtime.
+
+The ``best`` columns time each head in the fastest of the runtimes asked for.
 
     .venv/bin/python bench/bench_prune_runtimes.py --data-dir ../shared/data/cifar10 \\
         --weights ../shared/data/weights/resnet20-12fca82f.th
@@ -37,14 +38,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench_prune import latency_pair
 
 from coinference.data import load_dataset
 from coinference.export import OPSET, ort_session, to_onnx
 from coinference.fused import FusedHead
+from coinference.latency import latency_pair
 from coinference.prune import PruneConfig, Schedule, device_cost, prune_device
 from coinference.zoo import MODELS, build_model, split_model
 

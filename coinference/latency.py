@@ -15,6 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from coinference.errors import ConfigError
 from coinference.registry import Registry
@@ -133,6 +134,18 @@ def interleaved_medians(
         ta.append(t1 - t0)
         tb.append(t2 - t1)
     return statistics.median(ta), statistics.median(tb)
+
+
+def latency_pair(a: Callable[[Any], object], b: Callable[[Any], object], x: Any, runs: int) -> tuple[float, float]:
+    """Median seconds per forward of the modules ``a`` and ``b`` on ``x``, side by side (:func:`interleaved_medians`,
+    a tenth of ``runs``, at least 3, to warm up), in eval mode and without gradients."""
+    import torch
+
+    for m in (a, b):
+        if isinstance(m, torch.nn.Module):
+            m.eval()
+    with torch.no_grad():
+        return interleaved_medians(lambda: a(x), lambda: b(x), runs, max(3, runs // 10))
 
 
 def calibrate_local(seconds: float = 1.0) -> DeviceProfile:

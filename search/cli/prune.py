@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from functools import partial
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,7 @@ from rich.table import Table
 from coinference.errors import ConfigError
 from coinference.evaluate import accuracy
 from coinference.fused import FusedHead
-from coinference.latency import interleaved_medians
+from coinference.latency import latency_pair
 from coinference.prune import (
     PruneConfig,
     PrunedDevice,
@@ -161,13 +160,12 @@ def _latencies(
     """Batch-1 latency (ms) of the dense and the pruned head, side by side, in eager PyTorch and the fused runtime."""
     out: dict[str, tuple[float, float]] = {}
     shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
-    runs: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {"eager": (dense.eval(), pruned.eval())}
+    runs: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {"eager": (dense, pruned)}
     try:
         runs["fused"] = (FusedHead(dense, shape), FusedHead(pruned, shape))
     except ConfigError as e:  # e.g. no C compiler: the eager figures stand alone
         notes.append(f"fused runtime not timed: {e}")
     for name, (a, b) in runs.items():
-        with torch.no_grad():
-            ta, tb = interleaved_medians(partial(a, x), partial(b, x), 200, 20)
+        ta, tb = latency_pair(a, b, x, 200)
         out[f"latency b1, {name} (ms)"] = (1e3 * ta, 1e3 * tb)
     return out
