@@ -7,8 +7,9 @@ Usage:
 For each split (default: after stage 1 and stage 2) and channel sparsity (default 0.25/0.5/0.75): test accuracy
 of the dense model, of the one-shot pruned model (target mask on the pretrained weights, no fine-tuning) and after
 incremental pruning with a short fine-tune; device MACs and parameters and transmitted bits of the shrunk head; and
-the measured CPU latency of the shrunk head against the dense one (batch 1 and 64, medians of interleaved runs,
-one thread). Prints a table and writes JSON to ``<out>/prune-resnet20.json``.
+the measured CPU latency of the shrunk head against the dense one (batch 1 and 64, medians of interleaved turns,
+one thread), in eager PyTorch and in the fused runtime (:mod:`coinference.fused`; skipped with a note when no C
+compiler is found). Prints a table and writes JSON to ``<out>/prune-resnet20.json``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,24 @@ from pathlib import Path
 import torch
 
 from coinference.data import load_dataset
+from coinference.errors import ConfigError
 from coinference.evaluate import accuracy
-from coinference.latency import latency_pair
+from coinference.fused import FusedHead
+from coinference.latency import LATENCY_BLOCK, latency_pair
 from coinference.prune import PruneConfig, Schedule, device_cost, feature_bits, prune_device
 from coinference.train import TrainConfig
 from coinference.zoo import MODELS, build_model, split_model
+
+
+def fused_cells(r: dict) -> str:
+    """The fused runtime's four table cells of row ``r`` (n/a where it was not timed)."""
+    if "fused_latency_b1_dense_ms" not in r:
+        return " | ".join(["n/a"] * 4)
+    return (
+        f"{r['fused_latency_b1_dense_ms']:.3f} / {r['fused_latency_b1_pruned_ms']:.3f} "
+        f"| {r['fused_latency_b64_dense_ms']:.2f} / {r['fused_latency_b64_pruned_ms']:.2f} "
+        f"| {r['fused_speedup_b1_over_mac_reduction']:.2f} | {r['fused_speedup_b64_over_mac_reduction']:.2f}"
+    )
 
 
 def main() -> None:
@@ -43,6 +57,13 @@ def main() -> None:
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images")
     ap.add_argument("--runs-b1", type=int, default=300)
     ap.add_argument("--runs-b64", type=int, default=30)
+    ap.add_argument(
+        "--block",
+        type=int,
+        default=LATENCY_BLOCK,
+        help="consecutive timed calls per turn (1: alternate single calls, so each starts with the other head's data "
+        f"in the caches); default {LATENCY_BLOCK}: steady-state latency",
+    )
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,6 +83,8 @@ def main() -> None:
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=0)
     x1 = data.normalize(data.test_x[:1])
     x64 = data.normalize(data.test_x[:64])
+    shape = (int(data.input_shape[0]), int(data.input_shape[1]), int(data.input_shape[2]))
+    fused_note = ""
     rows = []
     for split in args.splits:
         dense_head, _ = split_model(net, split)
@@ -79,8 +102,18 @@ def main() -> None:
             tune_s = time.perf_counter() - t1
             acc = accuracy(pd.end_to_end(), data)
             torch.set_num_threads(1)
-            lat1 = latency_pair(dense_head, pd.head, x1, args.runs_b1)
-            lat64 = latency_pair(dense_head, pd.head, x64, args.runs_b64)
+            lat1 = latency_pair(dense_head, pd.head, x1, args.runs_b1, args.block)
+            lat64 = latency_pair(dense_head, pd.head, x64, args.runs_b64, args.block)
+            fused: dict[int, tuple[float, float]] = {}
+            try:
+                fd, fp = FusedHead(dense_head, shape), FusedHead(pd.head, shape)
+            except ConfigError as e:  # e.g. no C compiler: the eager figures stand alone
+                fused_note = f"fused runtime not timed: {e}"
+            else:
+                fused = {
+                    b: latency_pair(fd, fp, x, runs, args.block)
+                    for b, x, runs in ((1, x1, args.runs_b1), (64, x64, args.runs_b64))
+                }
             torch.set_num_threads(2)
             mac_red = d_macs / pd.device_macs
             row = {
@@ -109,6 +142,9 @@ def main() -> None:
             }
             row["speedup_b1_over_mac_reduction"] = row["speedup_b1"] / mac_red
             row["speedup_b64_over_mac_reduction"] = row["speedup_b64"] / mac_red
+            for b, (ta, tp) in fused.items():
+                row[f"fused_latency_b{b}_dense_ms"], row[f"fused_latency_b{b}_pruned_ms"] = 1e3 * ta, 1e3 * tp
+                row[f"fused_speedup_b{b}_over_mac_reduction"] = ta / tp / mac_red
             rows.append(row)
             print(
                 f"{split} s={s}: acc {100 * acc_one:.2f}% one-shot → {100 * acc:.2f}% fine-tuned ({tune_s:.0f} s); "
@@ -120,14 +156,16 @@ def main() -> None:
 
     print(
         f"\nresnet20, CIFAR-10 (JPEG copy), dense top-1 {100 * base_acc:.2f}%; fine-tune {args.steps} steps × "
-        f"{args.batch_size} images per variant; latency: 1 thread, median; total {time.perf_counter() - t0:.0f} s"
+        f"{args.batch_size} images per variant; latency: 1 thread, medians of turns of {args.block} calls; "
+        f"total {time.perf_counter() - t0:.0f} s"
     )
     head = (
         "| split | S | acc one-shot | acc fine-tuned | device MACs | ÷ MACs | device params | feature bits "
-        "| b1 dense / pruned ms | ×b1 | b64 dense / pruned ms | ×b64 | ×b64 / ÷MACs |"
+        "| b1 dense / pruned ms | ×b1 | b64 dense / pruned ms | ×b64 | ×b1 / ÷MACs | ×b64 / ÷MACs "
+        "| fused b1 dense / pruned ms | fused b64 dense / pruned ms | fused ×b1 / ÷MACs | fused ×b64 / ÷MACs |"
     )
     print(head)
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(
             f"| {r['split']} | {r['sparsity']:g} | {100 * r['acc_one_shot']:.2f} % | {100 * r['acc_finetuned']:.2f} % "
@@ -135,8 +173,11 @@ def main() -> None:
             f"| {r['device_params_dense']:,} → {r['device_params']:,} | {r['feature_bits_dense']:,} → "
             f"{r['feature_bits']:,} | {r['latency_b1_dense_ms']:.3f} / {r['latency_b1_pruned_ms']:.3f} "
             f"| {r['speedup_b1']:.2f} | {r['latency_b64_dense_ms']:.2f} / {r['latency_b64_pruned_ms']:.2f} "
-            f"| {r['speedup_b64']:.2f} | {r['speedup_b64_over_mac_reduction']:.2f} |"
+            f"| {r['speedup_b64']:.2f} | {r['speedup_b1_over_mac_reduction']:.2f} "
+            f"| {r['speedup_b64_over_mac_reduction']:.2f} | {fused_cells(r)} |"
         )
+    if fused_note:
+        print(fused_note)
     path = out / "prune-resnet20.json"
     path.write_text(json.dumps({"args": vars(args), "acc_dense": base_acc, "rows": rows}, indent=2))
     print(f"JSON: {path}")

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -398,6 +399,8 @@ class FusedHead(nn.Module):
             self._op_arr, self._buf_ptrs, self._param_ptrs,
         )  # fmt: skip
         self._plan_ref = ctypes.byref(self._plan)
+        self._out_shape = tuple(shape)
+        self._run = self.lib.run
 
     # planning ------------------------------------------------------------------------------------------------
     def _alloc(self, shape: tuple[int, ...]) -> int:
@@ -523,13 +526,18 @@ class FusedHead(nn.Module):
 
     # running -------------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1:] != self._in_size:
+        if x.shape[1:] != self._in_size:  # (also catches a wrong number of dimensions)
             raise ConfigError(f"fused runtime: input shape {tuple(x.shape)}, expected (N, *{self.input_shape})")
         if not x.is_cpu:
             raise ConfigError(f"fused runtime: input on {x.device}, it runs on the CPU")
         if x.dtype is not torch.float32 or not x.is_contiguous():  # (cheap checks first: batch 1 costs µs)
             x = x.to(torch.float32).contiguous()
-        out = torch.empty((x.shape[0], *self.output.shape), dtype=torch.float32)
+        # numpy allocates the result in ~1 µs against torch.empty's ~4 µs: at batch 1 a shrunk head runs in ~50 µs
+        out = torch.from_numpy(np.empty((x.shape[0], *self._out_shape), dtype=np.float32))
         with self._lock:
-            self.lib.run(x.shape[0], x.data_ptr(), out.data_ptr(), self._plan_ref)
+            self._run(x.shape[0], x.data_ptr(), out.data_ptr(), self._plan_ref)
         return out
+
+    # A runtime, not a trainable layer: calls go straight to forward, skipping nn.Module's hook dispatch (~5 µs
+    # per call, a tenth of a shrunk head's batch-1 latency). Forward hooks are not run.
+    __call__ = forward

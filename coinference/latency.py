@@ -116,36 +116,53 @@ SERVERS.register("rtx2080ti")(
 )
 
 
+LATENCY_BLOCK = 10
+"""Consecutive timed calls per turn in :func:`latency_pair`: steady-state latency, as a device running its head in
+a loop sees it."""
+
+
 def interleaved_medians(
-    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int
+    a: Callable[[], object], b: Callable[[], object], runs: int, warmup: int, block: int = 1
 ) -> tuple[float, float]:
-    """Median seconds per call of ``a`` and of ``b``, timed alternately (same conditions) after ``warmup`` calls
-    of each."""
+    """Median seconds per call of ``a`` and of ``b``, timed side by side (same conditions) after ``warmup`` calls
+    of each: ``runs`` calls of each, in alternating turns of ``block`` consecutive timed calls.
+
+    ``block`` 1 alternates single calls, so each call starts with the other function's data in the caches (a cold
+    start that costs a small model most: a dense ResNet-20 head's activations flush a shrunk head's working set
+    from L1 and L2). With ``block`` > 1 each turn starts with one untimed call, and the medians are steady-state
+    latencies."""
+    if block < 1:
+        raise ConfigError(f"block {block}: must be at least 1")
     for _ in range(warmup):
         a()
         b()
-    ta, tb = [], []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        a()
-        t1 = time.perf_counter()
-        b()
-        t2 = time.perf_counter()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
+    ta: list[float] = []
+    tb: list[float] = []
+    while len(ta) < runs:
+        n = min(block, runs - len(ta))
+        for f, times in ((a, ta), (b, tb)):
+            if block > 1:
+                f()
+            for _ in range(n):
+                t0 = time.perf_counter()
+                f()
+                times.append(time.perf_counter() - t0)
     return statistics.median(ta), statistics.median(tb)
 
 
-def latency_pair(a: Callable[[Any], object], b: Callable[[Any], object], x: Any, runs: int) -> tuple[float, float]:
-    """Median seconds per forward of the modules ``a`` and ``b`` on ``x``, side by side (:func:`interleaved_medians`,
-    a tenth of ``runs``, at least 3, to warm up), in eval mode and without gradients."""
+def latency_pair(
+    a: Callable[[Any], object], b: Callable[[Any], object], x: Any, runs: int, block: int = LATENCY_BLOCK
+) -> tuple[float, float]:
+    """Median seconds per forward of the modules ``a`` and ``b`` on ``x``, side by side (:func:`interleaved_medians`
+    in turns of ``block`` calls, a tenth of ``runs``, at least 3, to warm up), in eval mode and without
+    gradients."""
     import torch
 
     for m in (a, b):
         if isinstance(m, torch.nn.Module):
             m.eval()
     with torch.no_grad():
-        return interleaved_medians(lambda: a(x), lambda: b(x), runs, max(3, runs // 10))
+        return interleaved_medians(lambda: a(x), lambda: b(x), runs, max(3, runs // 10), block)
 
 
 def calibrate_local(seconds: float = 1.0) -> DeviceProfile:

@@ -11,6 +11,7 @@ from coinference.latency import (
     device_profile,
     end_to_end,
     feasible,
+    interleaved_medians,
     parse_bandwidth,
 )
 from coinference.variant import Measurement
@@ -73,3 +74,15 @@ def test_profiles() -> None:
     assert local.macs_per_s > 1e6 and local.memory_bytes > 1 << 20
     with pytest.raises(ConfigError, match="bandwidth must be > 0"):
         Link(0.0)
+
+
+def test_interleaved_medians_turns() -> None:
+    calls: list[str] = []
+    interleaved_medians(lambda: calls.append("a"), lambda: calls.append("b"), runs=5, warmup=1, block=2)
+    # warm-up pair; then turns of one untimed and two timed calls (the last turn one timed call) of each
+    assert "".join(calls) == "ab" + "aaabbb" * 2 + "aabb"
+    calls.clear()
+    interleaved_medians(lambda: calls.append("a"), lambda: calls.append("b"), runs=3, warmup=0)
+    assert "".join(calls) == "ababab"  # block 1: single calls alternate, none untimed
+    with pytest.raises(ConfigError, match="block 0"):
+        interleaved_medians(lambda: None, lambda: None, runs=3, warmup=0, block=0)
