@@ -44,6 +44,7 @@ from coinference.zoo.tiny import ConvBlock
 
 C_SOURCE = r"""
 #include <stddef.h>
+#include <stdlib.h>
 #include <string.h>
 #define TW 32
 
@@ -173,7 +174,70 @@ TILED(1, 4, 2)
 TILED(1, 8, 1)
 TILED(2, 2, 2)
 
-/* tile: 0 scalar, 1: 2 channels x 32 columns, 2: 4 x 16, 3: 8 x 8, 4: 2 x 16 x 2 rows (3 x 3, stride 1 only) */
+/* Register-blocked 3 x 3, stride-2 convolution: the input rows are first split into their even and odd columns
+   (E, O: column 2m + kx of a row is E[m], O[m], E[m + 1] for kx = 0, 1, 2), so the kernel loads contiguous
+   vectors. Same summation order as the scalar code. Covers columns [0, OW - OW % (8 NV)). */
+#define TILED_S2(NC, NV)                                                                                  \
+static int conv3s2_##NC##x##NV(const float* restrict in, int CI, int IH, int IW, const float* restrict w, \
+                               const float* restrict b, int CO, float* restrict out, int OH, int OW,      \
+                               const float* restrict res, int relu) {                                     \
+  const int IPW = IW + 2, IPH = IH + 2, OPW = OW + 2, OPH = OH + 2, CKK = CI * 9, XW = 8 * (NV);         \
+  const int xe = OW - OW % XW, HW = (IPW + 1) / 2;                                                        \
+  if (xe == 0) return 0;                                                                                  \
+  float* eo = malloc(sizeof(float) * (size_t)CI * IPH * 2 * HW);                                          \
+  if (!eo) return 0; /* the scalar code does it all */                                                    \
+  for (int ci = 0; ci < CI; ci++)                                                                         \
+    for (int r = 0; r < IPH; r++) {                                                                       \
+      const float* src = in + ((size_t)ci * IPH + r) * IPW;                                               \
+      float* e = eo + ((size_t)ci * IPH + r) * 2 * HW;                                                    \
+      float* o = e + HW;                                                                                  \
+      for (int m = 0; m < HW; m++) {                                                                      \
+        e[m] = src[2 * m];                                                                                \
+        o[m] = 2 * m + 1 < IPW ? src[2 * m + 1] : 0.0f;                                                   \
+      }                                                                                                   \
+    }                                                                                                     \
+  for (int co0 = 0; co0 < CO; co0 += (NC)) {                                                              \
+    const int nc = CO - co0 < (NC) ? CO - co0 : (NC);                                                     \
+    for (int y = 0; y < OH; y++) {                                                                        \
+      for (int x0 = 0; x0 < xe; x0 += XW) {                                                               \
+        v8 acc[NC][NV];                                                                                   \
+        for (int c = 0; c < (NC); c++)                                                                    \
+          for (int v = 0; v < (NV); v++) acc[c][v] = (v8){0} + b[co0 + c];                                \
+        for (int ci = 0; ci < CI; ci++) {                                                                 \
+          for (int ky = 0; ky < 3; ky++) {                                                                \
+            const float* e = eo + ((size_t)ci * IPH + 2 * y + ky) * 2 * HW + x0;                          \
+            const float* wk = w + (size_t)co0 * CKK + ci * 9 + ky * 3;                                    \
+            for (int kx = 0; kx < 3; kx++) {                                                              \
+              const float* src = kx == 1 ? e + HW : e + kx / 2;                                           \
+              v8 xv[NV];                                                                                  \
+              for (int v = 0; v < (NV); v++) xv[v] = ld8(src + 8 * v);                                    \
+              for (int c = 0; c < (NC); c++) {                                                            \
+                const float wc = wk[(size_t)c * CKK + kx];                                                \
+                for (int v = 0; v < (NV); v++) acc[c][v] += wc * xv[v];                                   \
+              }                                                                                           \
+            }                                                                                             \
+          }                                                                                               \
+        }                                                                                                 \
+        for (int c = 0; c < nc; c++) {                                                                    \
+          for (int v = 0; v < (NV); v++) {                                                                \
+            const size_t at = ((size_t)(co0 + c) * OPH + y + 1) * OPW + 1 + x0 + 8 * v;                   \
+            v8 a = acc[c][v];                                                                             \
+            if (res) a += ld8(res + at);                                                                  \
+            if (relu) { const v8 z = {0}; const vi8 m = a < z; a = (v8)((vi8)a & ~m); }                   \
+            st8(out + at, a);                                                                             \
+          }                                                                                               \
+        }                                                                                                 \
+      }                                                                                                   \
+    }                                                                                                     \
+  }                                                                                                       \
+  free(eo);                                                                                               \
+  return xe;                                                                                              \
+}
+TILED_S2(4, 2)
+TILED_S2(8, 1)
+
+/* tile: 0 scalar; 3 x 3, stride 1: 1: 2 channels x 32 columns, 2: 4 x 16, 3: 8 x 8, 4: 2 x 16 x 2 rows;
+   3 x 3, stride 2: 5: 4 x 16, 6: 8 x 8. A tile that does not fit the convolution runs the scalar code. */
 void conv(const float* in, int CI, int IH, int IW, const float* w, const float* b, int CO, int K, int S,
           float* out, int OH, int OW, const float* res, int relu, int tile) {
   int xa = 0;
@@ -181,6 +245,8 @@ void conv(const float* in, int CI, int IH, int IW, const float* w, const float* 
   else if (K == 3 && S == 1 && tile == 2) xa = conv3_1x4x2(in, CI, IH, IW, w, b, CO, out, OH, OW, res, relu);
   else if (K == 3 && S == 1 && tile == 3) xa = conv3_1x8x1(in, CI, IH, IW, w, b, CO, out, OH, OW, res, relu);
   else if (K == 3 && S == 1 && tile == 4) xa = conv3_2x2x2(in, CI, IH, IW, w, b, CO, out, OH, OW, res, relu);
+  else if (K == 3 && S == 2 && tile == 5) xa = conv3s2_4x2(in, CI, IH, IW, w, b, CO, out, OH, OW, res, relu);
+  else if (K == 3 && S == 2 && tile == 6) xa = conv3s2_8x1(in, CI, IH, IW, w, b, CO, out, OH, OW, res, relu);
   if (xa < OW) (S == 1 ? conv_s1 : conv_s2)(in, CI, IH, IW, w, b, CO, K, out, OH, OW, res, relu, xa);
 }
 
@@ -263,9 +329,11 @@ void run(int n, const float* x, float* y, const Plan* p) {
 """
 
 NF = 15
-TILES = (0, 1, 2, 3, 4)
-"""Convolution kernels: scalar, then register tiles of 2 × 32, 4 × 16 and 8 × 8 (channels × columns of one output
-row) and 2 × 16 × 2 rows."""
+TILES = (0, 1, 2, 3, 4, 5, 6)
+"""Convolution kernels: scalar; for 3 × 3 stride 1, register tiles of 2 × 32, 4 × 16 and 8 × 8 (channels × columns
+of one output row) and 2 × 16 × 2 rows; for 3 × 3 stride 2, 4 × 16 and 8 × 8."""
+STRIDE_TILES = {1: (0, 1, 2, 3, 4), 2: (0, 5, 6)}
+"""The kernels that apply to a 3 × 3 convolution of each stride."""
 OP_CONV, OP_GATHER, OP_POOL = 0, 1, 2
 
 
@@ -453,12 +521,14 @@ class FusedHead(nn.Module):
         pi = self._param(w)
         self._param(b)
         rb = -1 if res is None else res.buf
-        tile = self._pick_tile(w, b, ci, ih, iw, conv.out_channels, oh, ow) if (k, s) == (3, 1) else 0
+        tile = self._pick_tile(w, b, ci, ih, iw, conv.out_channels, oh, ow, s) if k == 3 else 0
         op = [OP_CONV, x.buf, out.buf, rb, ci, ih, iw, conv.out_channels, oh, ow, k, s, int(relu), pi, tile]
         self._ops.append(op)
         return out
 
-    def _pick_tile(self, w: torch.Tensor, b: torch.Tensor, ci: int, ih: int, iw: int, co: int, oh: int, ow: int) -> int:
+    def _pick_tile(
+        self, w: torch.Tensor, b: torch.Tensor, ci: int, ih: int, iw: int, co: int, oh: int, ow: int, stride: int
+    ) -> int:
         """The fastest kernel for this convolution on this CPU (fixed by ``tile``, else timed on one image: every
         kernel sums in the same order, so the choice never changes the outputs)."""
         if self.tile is not None:
@@ -466,13 +536,14 @@ class FusedHead(nn.Module):
         src = torch.randn(ci, ih + 2, iw + 2, dtype=torch.float32)
         dst = torch.zeros(w.shape[0], oh + 2, ow + 2, dtype=torch.float32)
         ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (src, w, b, dst)]
-        best = dict.fromkeys(TILES, math.inf)
+        tiles = STRIDE_TILES[stride]
+        best = dict.fromkeys(tiles, math.inf)
         for _ in range(9):  # rounds over all kernels, fastest run of each: a burst of load hits every kernel alike
-            for tile in TILES:
+            for tile in tiles:
                 t0 = time.perf_counter()
-                self.lib.conv(ptrs[0], ci, ih, iw, ptrs[1], ptrs[2], co, 3, 1, ptrs[3], oh, ow, None, 1, tile)
+                self.lib.conv(ptrs[0], ci, ih, iw, ptrs[1], ptrs[2], co, 3, stride, ptrs[3], oh, ow, None, 1, tile)
                 best[tile] = min(best[tile], time.perf_counter() - t0)
-        return min(TILES, key=best.__getitem__)
+        return min(tiles, key=best.__getitem__)
 
     def _gather(self, src: torch.Tensor, stride: int, x: _Value) -> _Value:
         c, h, w = x.shape

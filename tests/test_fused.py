@@ -71,19 +71,24 @@ def test_fused_head_equals_the_module(nets, synthetic, net, split, sparsity) -> 
     torch.testing.assert_close(FusedHead(head, synthetic.input_shape)(nhwc), ref, atol=1e-5, rtol=1e-5)
 
 
-def test_every_kernel_covers_odd_rows_and_ragged_columns() -> None:
-    # 17 rows (the two-row kernel's odd last row), 35 columns (not a multiple of any tile's width), 5 and 6
-    # channels (not a multiple of any tile's channel count)
+@pytest.mark.parametrize("shape", [(3, 17, 35), (3, 16, 32)])
+def test_every_kernel_covers_odd_rows_and_ragged_columns(shape) -> None:
+    # 17 rows (the two-row kernel's odd last row), 35 columns (not a multiple of any tile's width; an odd number of
+    # padded columns for the stride-2 kernels' even/odd split), 5, 6 and 9 channels (not a multiple of any tile's
+    # channel count), then a stride-2 convolution
     torch.manual_seed(0)
     bn5, bn6 = nn.BatchNorm2d(5), nn.BatchNorm2d(6)
     for bn in (bn5, bn6):
         bn.running_mean.uniform_(-0.5, 0.5)
         bn.running_var.uniform_(0.5, 2.0)
-    net = nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), bn5, nn.ReLU(), nn.Conv2d(5, 6, 3, padding=1), bn6).eval()
-    x = torch.randn(3, 3, 17, 35)
+    net = nn.Sequential(
+        nn.Conv2d(3, 5, 3, padding=1), bn5, nn.ReLU(), nn.Conv2d(5, 6, 3, padding=1), bn6,
+        nn.Conv2d(6, 9, 3, stride=2, padding=1), nn.ReLU(),
+    ).eval()  # fmt: skip
+    x = torch.randn(3, *shape)
     with torch.no_grad():
         ref = net(x)
-    outs = [FusedHead(net, (3, 17, 35), tile=t)(x) for t in TILES]
+    outs = [FusedHead(net, shape, tile=t)(x) for t in (*TILES, None)]
     for out in outs:
         torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
         assert torch.equal(out, outs[0])
