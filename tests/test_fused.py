@@ -157,3 +157,28 @@ def test_modes_restored_nan_kept_and_lookalikes_refused(nets, synthetic) -> None
     odd.load_state_dict(block.state_dict())
     with pytest.raises(ConfigError, match="does not compute what the module computes"):
         FusedHead(nn.Sequential(head[0], odd), synthetic.input_shape)
+
+
+def test_results_the_caller_keeps_are_never_overwritten() -> None:
+    torch.manual_seed(0)
+    head = FusedHead(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval(), (3, 8, 8))
+    x = torch.randn(1, 3, 8, 8)
+    kept = head(x)
+    copies = [kept.clone()]
+    view = head(2 * x)[0]  # the result itself is dropped, a view of it kept
+    copies.append(view.clone())
+    array = head(3 * x).numpy()
+    copies.append(array.copy())
+    for k in range(4, 10):  # more calls than there are slots for reuse
+        head(k * x)
+    assert torch.equal(kept, copies[0]) and torch.equal(view, copies[1])
+    assert (array == copies[2]).all()
+    # a serving loop that drops each result: the memory is reused (at most the two slots), values still right
+    ptrs = set()
+    for k in range(6):
+        y = head(k * x)
+        torch.testing.assert_close(y, head.forward(k * x) * 1, atol=0, rtol=0)
+        ptrs.add(y.data_ptr())
+        del y
+    if fused._storage_uses is not None:
+        assert len(ptrs) <= 2
