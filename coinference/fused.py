@@ -3,10 +3,10 @@ epilogue, every image run through the whole head before the next (its activation
 
 oneDNN vectorises a convolution along its channels, so the 4–8-channel convolutions left by heavy pruning run far
 below its speed per MAC at 16–64 channels (docs/RESULTS.md, issue 3). The kernels here vectorise along an image
-row instead (four output channels at a time, one row of each in registers), so their speed per MAC hardly depends
-on the channel count. The C source below is compiled once per machine with the system C compiler (``$CC``, else
-``cc``; ``-O3 -march=native``) into a cache folder (``$COINFERENCE_CACHE``, else ``~/.cache/coinference``) and loaded
-with ctypes; nothing is pickled.
+row instead (two to eight output channels of one or two rows held in registers), so their speed per MAC depends
+much less on the channel count. The C source below is compiled once per machine with the system C compiler
+(``$CC``, else ``cc``; ``-O3 -march=native``) into a cache folder (``$COINFERENCE_CACHE``, else
+``~/.cache/coinference``) and loaded with ctypes; nothing is pickled.
 
 Supported modules (the zoo's heads, dense or shrunk): ``nn.Sequential``, ``nn.Identity``, the zoo's ``Stem``,
 ``ConvBlock`` and ``BasicBlock`` (identity, option-A, option-B and :class:`~coinference.prune.shrink.ChannelGather`
@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +175,19 @@ TILED(1, 4, 2)
 TILED(1, 8, 1)
 TILED(2, 2, 2)
 
+/* Scratch memory of this thread, grown as needed and kept (the stride-2 kernels' even/odd rows). */
+static __thread float* scratch_buf = NULL;
+static __thread size_t scratch_cap = 0;
+static float* scratch(size_t n) {
+  if (n > scratch_cap) {
+    float* p = realloc(scratch_buf, n * sizeof(float));
+    if (!p) return NULL;
+    scratch_buf = p;
+    scratch_cap = n;
+  }
+  return scratch_buf;
+}
+
 /* Register-blocked 3 x 3, stride-2 convolution: the input rows are first split into their even and odd columns
    (E, O: column 2m + kx of a row is E[m], O[m], E[m + 1] for kx = 0, 1, 2), so the kernel loads contiguous
    vectors. Same summation order as the scalar code. Covers columns [0, OW - OW % (8 NV)). */
@@ -186,7 +198,7 @@ static int conv3s2_##NC##x##NV(const float* restrict in, int CI, int IH, int IW,
   const int IPW = IW + 2, IPH = IH + 2, OPW = OW + 2, OPH = OH + 2, CKK = CI * 9, XW = 8 * (NV);         \
   const int xe = OW - OW % XW, HW = (IPW + 1) / 2;                                                        \
   if (xe == 0) return 0;                                                                                  \
-  float* eo = malloc(sizeof(float) * (size_t)CI * IPH * 2 * HW);                                          \
+  float* eo = scratch((size_t)CI * IPH * 2 * HW);                                                         \
   if (!eo) return 0; /* the scalar code does it all */                                                    \
   for (int ci = 0; ci < CI; ci++)                                                                         \
     for (int r = 0; r < IPH; r++) {                                                                       \
@@ -232,7 +244,6 @@ static int conv3s2_##NC##x##NV(const float* restrict in, int CI, int IH, int IW,
       }                                                                                                   \
     }                                                                                                     \
   }                                                                                                       \
-  free(eo);                                                                                               \
   return xe;                                                                                              \
 }
 TILED_S2(4, 2)
@@ -337,9 +348,18 @@ of one output row) and 2 × 16 × 2 rows; for 3 × 3 stride 2, 4 × 16 and 8 × 
 STRIDE_TILES = {1: (0, 1, 2, 3, 4), 2: (0, 5, 6)}
 """The kernels that apply to a 3 × 3 convolution of each stride."""
 REUSE_BYTES = 1 << 20
-"""Results up to this size may be written into a previous result the caller has dropped (FusedHead._result)."""
-_storage_uses: Callable[[int], int] | None = getattr(torch._C, "_storage_Use_Count", None)
-"""How many tensors share a storage (PyTorch-internal; without it every result is a fresh tensor)."""
+"""Results up to this size may be written into the memory of a previous result nothing refers to any more
+(FusedHead._result)."""
+
+
+def _refcounts(arrays: list[np.ndarray]) -> list[int]:
+    """Python's reference count of each array, as seen from here (one function for the baseline and the checks)."""
+    return [sys.getrefcount(a) for a in arrays]
+
+
+_UNREFERENCED = _refcounts([np.empty(1)])[0]
+"""What :func:`_refcounts` gives for an array only its list refers to (measured: it differs between Python
+versions)."""
 OP_CONV, OP_GATHER, OP_POOL = 0, 1, 2
 
 
@@ -494,7 +514,7 @@ class FusedHead(nn.Module):
         self._out_shape = tuple(shape)
         self._out_numel = math.prod(shape)
         self._run = self.lib.run
-        self._slots: list[torch.Tensor] = []  # the last two small results (see _result)
+        self._slots: list[np.ndarray] = []  # the memory of the last two small results (see _result)
 
     # planning ------------------------------------------------------------------------------------------------
     def _alloc(self, shape: tuple[int, ...]) -> int:
@@ -621,22 +641,22 @@ class FusedHead(nn.Module):
 
     # running -------------------------------------------------------------------------------------------------
     def _result(self, n: int) -> torch.Tensor:
-        """An (n, *output shape) tensor to write the result into. A result of at most ``REUSE_BYTES`` is written
-        into one of the last two results when the caller has dropped every reference to it, its memory included
-        (no tensor, view or numpy array left): a fresh buffer is cold in the caches, which costs a shrunk head a
-        tenth of its batch-1 latency, while a serving loop drops each result before the next call or the one
-        after."""
+        """A new (n, *output shape) tensor to write the result into. A fresh buffer is cold in the caches, which
+        costs a shrunk head a tenth of its batch-1 latency, so a result of at most ``REUSE_BYTES`` gets the memory
+        of one of the last two when nothing refers to that memory any more. The memory is a numpy array the result
+        tensors are made from (``torch.from_numpy``); every tensor, view, storage, numpy array, DLPack capsule or
+        autograd record made from a result keeps its storage alive, and the storage keeps a reference to the array,
+        so the array is reused only once all of them are gone (a storage moved to shared memory lets go of it).
+        Each call returns a new tensor object: nothing done to an earlier result's metadata carries over."""
         small = n * self._out_numel * 4 <= REUSE_BYTES
-        if small and _storage_uses is not None:
-            for t in self._slots:
-                # references: the slot, this loop's name and getrefcount's argument; the storage's: t and the
-                # Python storage object asked for
-                if t.shape[0] == n and sys.getrefcount(t) == 3 and _storage_uses(t.untyped_storage()._cdata) == 2:
-                    return t
-        out = torch.from_numpy(np.empty((n, *self._out_shape), dtype=np.float32))
         if small:
-            self._slots = [out, *self._slots[:1]]
-        return out
+            for a, refs in zip(self._slots, _refcounts(self._slots), strict=True):
+                if refs == _UNREFERENCED and a.shape[0] == n:
+                    return torch.from_numpy(a)
+        a = np.empty((n, *self._out_shape), dtype=np.float32)
+        if small:
+            self._slots = [a, *self._slots[:1]]
+        return torch.from_numpy(a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1:] != self._in_size:  # (also catches a wrong number of dimensions)

@@ -163,16 +163,39 @@ def test_results_the_caller_keeps_are_never_overwritten() -> None:
     torch.manual_seed(0)
     head = FusedHead(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval(), (3, 8, 8))
     x = torch.randn(1, 3, 8, 8)
-    kept = head(x)
-    copies = [kept.clone()]
-    view = head(2 * x)[0]  # the result itself is dropped, a view of it kept
-    copies.append(view.clone())
-    array = head(3 * x).numpy()
-    copies.append(array.copy())
-    for k in range(4, 10):  # more calls than there are slots for reuse
+    kept: list = []  # (what the caller keeps of a result, a copy of its values then, how to read it later)
+    y = head(x)
+    kept.append((y, y.clone(), lambda k: k))
+    y = head(2 * x)
+    kept.append((y[0], y[0].clone(), lambda k: k))  # a view; the result itself dropped
+    y = head(3 * x)
+    kept.append((y.numpy(), y.clone(), torch.from_numpy))
+    y = head(4 * x)
+    kept.append((y.untyped_storage(), y.clone(), lambda st: torch.empty(0).set_(st).view(1, 4, 8, 8)))
+    y = head(5 * x)
+    kept.append((torch.utils.dlpack.to_dlpack(y), y.clone(), torch.utils.dlpack.from_dlpack))
+    y = head(6 * x)
+    y.share_memory_()  # e.g. sent to another process: the data moves to shared memory
+    kept.append((y, y.clone(), lambda k: k))
+    w = torch.ones(4, 8, 8, requires_grad=True)
+    y = head(7 * x)
+    y.requires_grad_()
+    loss = (y * w).sum()  # autograd saves y for the gradient of w
+    expected_grad = y.detach().clone()[0]
+    del y
+    for k in range(8, 14):  # more calls than there are slots for reuse
         head(k * x)
-    assert torch.equal(kept, copies[0]) and torch.equal(view, copies[1])
-    assert (array == copies[2]).all()
+    for thing, copy_then, read in kept:
+        assert torch.equal(read(thing), copy_then)
+    loss.backward()
+    assert torch.equal(w.grad, expected_grad)
+    # in-place metadata changes to a dropped result do not carry over to later ones
+    y = head(x)
+    y.squeeze_(0).transpose_(1, 2)
+    del y
+    batch = torch.randn(4, 3, 8, 8)
+    torch.testing.assert_close(head(batch), head.forward(batch).clone(), atol=0, rtol=0)
+    assert head(x).shape == (1, 4, 8, 8)
     # a serving loop that drops each result: the memory is reused (at most the two slots), values still right
     ptrs = set()
     for k in range(6):
@@ -180,5 +203,4 @@ def test_results_the_caller_keeps_are_never_overwritten() -> None:
         torch.testing.assert_close(y, head.forward(k * x) * 1, atol=0, rtol=0)
         ptrs.add(y.data_ptr())
         del y
-    if fused._storage_uses is not None:
-        assert len(ptrs) <= 2
+    assert len(ptrs) <= 2
