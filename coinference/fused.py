@@ -31,6 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -672,5 +673,11 @@ class FusedHead(nn.Module):
         return out
 
     # A runtime, not a trainable layer: calls go straight to forward, skipping nn.Module's hook dispatch (~5 µs
-    # per call, a tenth of a shrunk head's batch-1 latency). Forward hooks are not run.
+    # per call, a tenth of a shrunk head's batch-1 latency). Forward hooks would not run: registering one fails.
     __call__ = forward
+
+    def register_forward_hook(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigError("fused runtime: forward hooks are not run (calls skip nn.Module's hook dispatch)")
+
+    def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConfigError("fused runtime: forward pre-hooks are not run (calls skip nn.Module's hook dispatch)")

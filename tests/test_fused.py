@@ -94,6 +94,14 @@ def test_every_kernel_covers_odd_rows_and_ragged_columns(shape) -> None:
         assert torch.equal(out, outs[0])
 
 
+def test_hooks_are_refused_not_ignored() -> None:
+    head = FusedHead(nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval(), (3, 8, 8))
+    with pytest.raises(ConfigError, match="forward hooks are not run"):
+        head.register_forward_hook(lambda *a: None)
+    with pytest.raises(ConfigError, match="pre-hooks are not run"):
+        head.register_forward_pre_hook(lambda *a: None)
+
+
 def test_unsupported_modules_and_inputs_are_named() -> None:
     with pytest.raises(ConfigError, match="unsupported module MaxPool2d"):
         FusedHead(nn.Sequential(nn.MaxPool2d(2)), (3, 8, 8))
