@@ -25,7 +25,7 @@ from coinference.data import load_dataset
 from coinference.errors import ConfigError
 from coinference.evaluate import accuracy
 from coinference.fused import FusedHead
-from coinference.latency import LATENCY_BLOCK, latency_pair
+from coinference.latency import add_timing_arguments, latency_pair
 from coinference.prune import PruneConfig, Schedule, device_cost, feature_bits, prune_device
 from coinference.train import TrainConfig
 from coinference.zoo import MODELS, build_model, split_model
@@ -55,15 +55,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--test-limit", type=int, default=None, help="evaluate on the first N test images")
-    ap.add_argument("--runs-b1", type=int, default=300)
-    ap.add_argument("--runs-b64", type=int, default=30)
-    ap.add_argument(
-        "--block",
-        type=int,
-        default=LATENCY_BLOCK,
-        help="consecutive timed calls per turn (1: alternate single calls, so each starts with the other head's data "
-        f"in the caches); default {LATENCY_BLOCK}: steady-state latency",
-    )
+    add_timing_arguments(ap, runs_b1=300)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from coinference.data import load_dataset
 from coinference.export import OPSET, ort_session, to_onnx
 from coinference.fused import FusedHead
-from coinference.latency import LATENCY_BLOCK, latency_pair
+from coinference.latency import add_timing_arguments, latency_pair
 from coinference.prune import PruneConfig, Schedule, device_cost, prune_device
 from coinference.zoo import MODELS, build_model, split_model
 
@@ -114,15 +114,7 @@ def main() -> None:
     ap.add_argument("--weights", required=True)
     ap.add_argument("--splits", nargs="+", default=["layer1.2", "layer2.2"])
     ap.add_argument("--sparsities", nargs="+", type=float, default=[0.25, 0.5, 0.75])
-    ap.add_argument("--runs-b1", type=int, default=200)
-    ap.add_argument("--runs-b64", type=int, default=30)
-    ap.add_argument(
-        "--block",
-        type=int,
-        default=LATENCY_BLOCK,
-        help="consecutive timed calls per turn (1: alternate single calls, so each starts with the other head's data "
-        f"in the caches); default {LATENCY_BLOCK}: steady-state latency",
-    )
+    add_timing_arguments(ap, runs_b1=200)
     ap.add_argument(
         "--residual",
         choices=["joint", "keep"],

@@ -57,6 +57,12 @@ typedef float v8 __attribute__((vector_size(32)));
 typedef int vi8 __attribute__((vector_size(32)));
 static inline v8 ld8(const float* p) { v8 v; memcpy(&v, p, sizeof v); return v; }
 static inline void st8(float* p, v8 v) { memcpy(p, &v, sizeof v); }
+/* A tile's epilogue: 8 outputs at out + at, plus the residual, through ReLU (a NaN passes: the mask keeps it). */
+static inline void emit8(float* out, const float* res, size_t at, v8 a, int relu) {
+  if (res) a += ld8(res + at);
+  if (relu) { const v8 z = {0}; const vi8 m = a < z; a = (v8)((vi8)a & ~m); }
+  st8(out + at, a);
+}
 
 /* Portable scalar convolution (any K in {1, 3}, stride S) of output columns [xa, OW) of every row. */
 #define CONV_BODY(LOAD)                                                                                   \
@@ -144,11 +150,7 @@ static void conv_s2(const float* restrict in, int CI, int IH, int IW, const floa
     for (int r = 0; r < (R); r++) {                                                                       \
       for (int c = 0; c < nc; c++) {                                                                      \
         for (int v = 0; v < (NV); v++) {                                                                  \
-          const size_t at = ((size_t)(co0 + c) * OPH + y + r + 1) * OPW + 1 + x0 + 8 * v;                 \
-          v8 a = acc[r][c][v];                                                                            \
-          if (res) a += ld8(res + at);                                                                    \
-          if (relu) { const v8 z = {0}; const vi8 m = a < z; a = (v8)((vi8)a & ~m); }                     \
-          st8(out + at, a);                                                                               \
+          emit8(out, res, ((size_t)(co0 + c) * OPH + y + r + 1) * OPW + 1 + x0 + 8 * v, acc[r][c][v], relu); \
         }                                                                                                 \
       }                                                                                                   \
     }                                                                                                     \
@@ -235,11 +237,7 @@ static int conv3s2_##NC##x##NV(const float* restrict in, int CI, int IH, int IW,
         }                                                                                                 \
         for (int c = 0; c < nc; c++) {                                                                    \
           for (int v = 0; v < (NV); v++) {                                                                \
-            const size_t at = ((size_t)(co0 + c) * OPH + y + 1) * OPW + 1 + x0 + 8 * v;                   \
-            v8 a = acc[c][v];                                                                             \
-            if (res) a += ld8(res + at);                                                                  \
-            if (relu) { const v8 z = {0}; const vi8 m = a < z; a = (v8)((vi8)a & ~m); }                   \
-            st8(out + at, a);                                                                             \
+            emit8(out, res, ((size_t)(co0 + c) * OPH + y + 1) * OPW + 1 + x0 + 8 * v, acc[c][v], relu);   \
           }                                                                                               \
         }                                                                                                 \
       }                                                                                                   \

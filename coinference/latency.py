@@ -8,6 +8,7 @@ it is computed at query time, so one lookup table serves every bandwidth.
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -119,6 +120,19 @@ SERVERS.register("rtx2080ti")(
 LATENCY_BLOCK = 10
 """Consecutive timed calls per turn in :func:`latency_pair`: steady-state latency, as a device running its head in
 a loop sees it."""
+
+
+def add_timing_arguments(ap: argparse.ArgumentParser, runs_b1: int) -> None:
+    """The benchmarks' options for :func:`latency_pair`: ``--runs-b1``, ``--runs-b64`` and ``--block``."""
+    ap.add_argument("--runs-b1", type=int, default=runs_b1)
+    ap.add_argument("--runs-b64", type=int, default=30)
+    ap.add_argument(
+        "--block",
+        type=int,
+        default=LATENCY_BLOCK,
+        help="consecutive timed calls per turn (1: alternate single calls, so each starts with the other head's data "
+        f"in the caches); default {LATENCY_BLOCK}: steady-state latency",
+    )
 
 
 def interleaved_medians(
