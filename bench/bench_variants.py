@@ -31,9 +31,11 @@ from scipy.stats import kendalltau
 from coinference.base import recorded_accuracy
 from coinference.baselines import baseline_specs, on_device_only, server_png
 from coinference.build import Builder
-from coinference.codec.train import evaluate_codec
+from coinference.codec.train import evaluate_codec, head_features
+from coinference.errors import ConfigError
 from coinference.evaluate import outputs
 from coinference.fidelity import FIDELITIES, Fidelity
+from coinference.fused import library
 from coinference.latency import DEVICES, SERVERS, Link, end_to_end, feasible, interleaved_medians
 from coinference.plots import plot_latency_vs_bandwidth, plot_macs_vs_bits
 from coinference.profile import profile_model
@@ -73,6 +75,22 @@ def scaled(f: Fidelity, k: float) -> Fidelity:
         return replace(cfg, steps=int(cfg.steps * k), subset=subset)
 
     return replace(f, name=f.name, prune=s(f.prune), codec=s(f.codec))
+
+
+def warm_up() -> None:
+    """One-off costs of a process and a machine, paid before the first timed build (like loading the base model),
+    not by each variant: ``torch.optim`` imports ``torch._dynamo`` on first use (~3 s), and the fused runtime's C
+    kernels are compiled once per machine into a cache folder."""
+    t = time.perf_counter()
+    import torch._dynamo  # noqa: F401
+
+    t1 = time.perf_counter()
+    try:
+        library()
+        compiled = f"fused runtime ready {time.perf_counter() - t1:.1f} s"
+    except ConfigError as e:  # no C compiler: builds compute head features with eager PyTorch
+        compiled = f"no fused runtime ({e})"
+    print(f"warm-up (once per process): import torch._dynamo {t1 - t:.1f} s; {compiled}")
 
 
 def timed_build(
@@ -262,7 +280,9 @@ INFERENCE_BATCHES = (500, 256, 128, 64)
 def inference(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
     """Batched inference at several batch sizes, side by side: medians of interleaved passes of 2,000 training
     images through the whole base model, and through a pruned layer1.2 head (s = 0.25, one-shot masks: speed does
-    not depend on the weights), with :func:`coinference.evaluate.outputs` (channels-last) as every evaluation runs."""
+    not depend on the weights), with :func:`coinference.evaluate.outputs` (channels-last) as every evaluation runs;
+    then that head's outputs on the `fast` codec phase's training images, eager against ``head_features`` (the
+    faster of eager and the fused runtime), medians of three interleaved passes after one."""
     model, data = Builder(args.weights, args.data_dir, args.cache).base(base_spec)
     head = prune_device(model, "layer1.2", data, PruneConfig(sparsity=0.25, train=None)).head
     x = data.train_x[:2000]
@@ -280,6 +300,21 @@ def inference(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
         ref = med[INFERENCE_BATCHES[0]]
         out[name] = {str(bs): {"seconds_per_2000": t, "speedup_vs_500": ref / t} for bs, t in med.items()}
         print(f"{name:>30}: " + ", ".join(f"b{bs} {t:.3f} s ({ref / t:.2f}×)" for bs, t in med.items()), flush=True)
+    # a `fast` build's codec-phase head features: eager PyTorch against the faster of it and the fused runtime
+    # (what head_features runs), interleaved passes over as many images as the preset caches
+    many = data.train_x[: FIDELITIES.get("fast").codec.subset]
+    runtimes = {"eager": lambda: outputs(head, data, many), "head_features": lambda: head_features(head, data, many)}
+    seconds: dict[str, list[float]] = {k: [] for k in runtimes}
+    for r in range(4):
+        for k, call in runtimes.items():
+            t0 = time.perf_counter()
+            call()
+            if r:
+                seconds[k].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in seconds.items()}
+    out["head features, pruned layer1.2 head"] = {"images": len(many), **{f"{k}_seconds": v for k, v in med.items()}}
+    print(f"head features of {len(many):,} images: eager {med['eager']:.2f} s, head_features "
+          f"{med['head_features']:.2f} s ({med['eager'] / med['head_features']:.2f}×)", flush=True)  # fmt: skip
     return out
 
 
@@ -428,6 +463,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
+    warm_up()
     base_acc = recorded_accuracy(args.weights)
     print(f"base {args.model}: {100 * base_acc:.2f}% on the whole test set (recorded by coinfer base)")
     base_spec = VariantSpec(

@@ -17,6 +17,7 @@ Single-threaded; float32; inputs NCHW.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import hashlib
 import math
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,8 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from coinference.data import ImageData
 from coinference.errors import ConfigError
-from coinference.evaluate import eval_mode
+from coinference.evaluate import INFERENCE_BATCH, eval_mode, outputs
 from coinference.prune.shrink import ChannelGather
 from coinference.zoo.base import GlobalPool
 from coinference.zoo.resnet import BasicBlock, ShortcutA, Stem
@@ -670,6 +673,14 @@ class FusedHead(nn.Module):
             self._run(n, x.data_ptr(), out.data_ptr(), self._plan_ref)
         return out
 
+    def replica(self) -> FusedHead:
+        """Another runtime of the same plan and weights with its own activation and result memory: one
+        :class:`FusedHead` runs one call at a time, a replica runs beside it in another thread."""
+        other = copy.copy(self)
+        other._lock = threading.Lock()
+        other._finish()
+        return other
+
     # A runtime, not a trainable layer: calls go straight to forward, skipping nn.Module's hook dispatch (~5 µs
     # per call, a tenth of a shrunk head's batch-1 latency). Forward hooks would not run: registering one fails.
     __call__ = forward
@@ -679,3 +690,80 @@ class FusedHead(nn.Module):
 
     def register_forward_pre_hook(self, *args: Any, **kwargs: Any) -> Any:
         raise ConfigError("fused runtime: forward pre-hooks are not run (calls skip nn.Module's hook dispatch)")
+
+
+FUSED_MIN_IMAGES = 2048
+""":func:`fastest_outputs` considers the fused runtime from this many images on (below it, setting it up and
+timing it against eager PyTorch would cost more than it could save)."""
+
+
+def _fused_batches(
+    heads: list[FusedHead], data: ImageData, x_uint8: torch.Tensor, out: torch.Tensor, starts: list[int], bs: int
+) -> None:
+    """``out[i : i + bs] = head(normalised images)`` for each start ``i``, one thread per replica in ``heads``."""
+    free = list(heads)
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        with lock:
+            head = free.pop()
+        try:
+            out[i : i + bs] = head(data.normalize(x_uint8[i : i + bs]))
+        finally:
+            with lock:
+                free.append(head)
+
+    if len(heads) == 1:
+        for i in starts:
+            one(i)
+        return
+    # each worker does its own normalising single-threaded (the per-thread setting leaves the caller's alone)
+    with ThreadPoolExecutor(len(heads), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        list(pool.map(one, starts))
+
+
+@torch.no_grad()
+def fastest_outputs(
+    model: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = INFERENCE_BATCH
+) -> torch.Tensor:
+    """:func:`coinference.evaluate.outputs` (the model's outputs for uint8 images, batched, in eval mode) computed
+    by whichever runtime is faster for this model on this machine: eager PyTorch with its threads, or the fused
+    runtime with one replica per thread (``torch.get_num_threads()``). One round of batches (a batch per
+    replica) is timed on each, after one untimed round each, and the faster computes the rest; every batch's
+    outputs are kept. Eager PyTorch computes everything for fewer than :data:`FUSED_MIN_IMAGES` images, a model
+    on another device, and a model the fused runtime does not support or cannot compile (no C compiler).
+
+    The two runtimes sum in different orders, so their outputs differ in the last bits of a float32 (a
+    relative ~1e-6); which one ran may differ from run to run with the machine's load."""
+    n = len(x_uint8)
+    if n < FUSED_MIN_IMAGES or _device(model).type != "cpu" or len(x_uint8.shape) != 4:
+        return outputs(model, data, x_uint8, batch_size)
+    try:
+        first = FusedHead(model, tuple(int(s) for s in x_uint8.shape[1:]))  # type: ignore[arg-type]
+    except ConfigError:
+        return outputs(model, data, x_uint8, batch_size)
+    starts = list(range(0, n, batch_size))
+    # one replica per thread, but at least five rounds of batches: four to time, and the rest
+    heads = [first] + [first.replica() for _ in range(min(torch.get_num_threads(), len(starts) // 5) - 1)]
+    out = torch.empty(n, *first.output.shape)
+    per_round = len(heads)
+
+    def eager(chunk: list[int]) -> float:
+        t0 = time.perf_counter()
+        for i in chunk:
+            out[i : i + batch_size] = outputs(model, data, x_uint8[i : i + batch_size], batch_size)
+        return time.perf_counter() - t0
+
+    def fused(chunk: list[int]) -> float:
+        t0 = time.perf_counter()
+        _fused_batches(heads, data, x_uint8, out, chunk, batch_size)
+        return time.perf_counter() - t0
+
+    rounds = [starts[k : k + per_round] for k in range(0, 4 * per_round, per_round)]
+    eager(rounds[0])
+    fused(rounds[1])
+    eager_s, fused_s = eager(rounds[2]), fused(rounds[3])
+    rest = starts[4 * per_round :]
+    if rest:
+        (fused if fused_s < eager_s else eager)(rest)
+    return out

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,3 +215,69 @@ def test_results_the_caller_keeps_are_never_overwritten() -> None:
         ptrs.add(y.data_ptr())
         del y
     assert len(ptrs) <= 2
+
+
+def test_replicas_run_side_by_side(nets, synthetic) -> None:
+    head = split_model(nets["option A"], "layer2.0")[0].eval()
+    one = FusedHead(head, synthetic.input_shape)
+    x = synthetic.normalize(synthetic.test_x[:32])
+    expected = one(x).clone()
+    replica = one.replica()
+    with ThreadPoolExecutor(2) as pool:  # each its own activation memory: results as if run one at a time
+        got = list(pool.map(lambda h: [h(x).clone() for _ in range(20)], [one, replica]))
+    for run in got:
+        for y in run:
+            assert torch.equal(y, expected)
+
+
+@pytest.fixture
+def fastest(monkeypatch: pytest.MonkeyPatch, nets, synthetic):
+    """fastest_outputs on a small head and 64 images in batches of 4, with a small threshold and two threads."""
+    monkeypatch.setattr(fused, "FUSED_MIN_IMAGES", 16)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    head = split_model(nets["option A"], "layer2.0")[0].eval()
+    x = synthetic.train_x[:64]
+    yield lambda model=head, n=64: fused.fastest_outputs(model, synthetic, x[:n], batch_size=4), head, x
+    torch.set_num_threads(threads)
+
+
+def test_fastest_outputs_are_the_module_outputs_from_either_runtime(fastest, synthetic, monkeypatch) -> None:
+    run, head, x = fastest
+    eager = fused.outputs(head, synthetic, x, batch_size=4)
+    plain = FusedHead(head, synthetic.input_shape)
+    by_fused = torch.cat([plain(synthetic.normalize(x[i : i + 4])).clone() for i in range(0, 64, 4)])
+    timed = 4 * 2 * 4  # four rounds of a batch of 4 per replica
+    real_outputs = fused.outputs
+
+    def slower(*a, **k):
+        time.sleep(0.25)  # far beyond any scheduling noise of a loaded machine
+        return real_outputs(*a, **k)
+
+    monkeypatch.setattr(fused, "outputs", slower)
+    got = run()  # eager is slower here: the fused runtime computes every image after the timed rounds
+    torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
+    assert torch.equal(got[timed:], by_fused[timed:])
+    monkeypatch.setattr(fused, "outputs", real_outputs)
+    real_batches = fused._fused_batches
+
+    def slower_fused(*a, **k):
+        time.sleep(0.25)  # far beyond any scheduling noise of a loaded machine
+        return real_batches(*a, **k)
+
+    monkeypatch.setattr(fused, "_fused_batches", slower_fused)
+    got = run()  # now the fused runtime is slower: eager computes the rest
+    assert torch.equal(got[timed:], eager[timed:])
+    torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_fastest_outputs_falls_back_to_eager(fastest, synthetic, monkeypatch) -> None:
+    run, head, x = fastest
+    # too few images, and a module the fused runtime does not support: eager, exactly
+    assert torch.equal(run(n=12), fused.outputs(head, synthetic, x[:12], batch_size=4))
+    pooled = nn.Sequential(head, nn.MaxPool2d(2)).eval()
+    assert torch.equal(run(model=pooled), fused.outputs(pooled, synthetic, x, batch_size=4))
+    monkeypatch.setattr(fused, "_LIB", None)  # no C compiler
+    monkeypatch.setenv("CC", "no-such-compiler-xyz")
+    monkeypatch.setenv("COINFERENCE_CACHE", str(Path(os.devnull).parent / "no-such-cache-xyz"))
+    assert torch.equal(run(), fused.outputs(head, synthetic, x, batch_size=4))

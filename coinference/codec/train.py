@@ -134,8 +134,12 @@ class TrainedCodec:
 def head_features(
     head: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = INFERENCE_BATCH
 ) -> torch.Tensor:
-    """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored)."""
-    return outputs(head, data, x_uint8, batch_size)
+    """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored), from
+    the faster of eager PyTorch and the fused runtime on this machine (:func:`coinference.fused.fastest_outputs`;
+    ``bench/bench_variants.py --parts inference`` times it against eager on a `fast` build's training images)."""
+    from coinference.fused import fastest_outputs  # its C kernels are compiled on first use only
+
+    return fastest_outputs(head, data, x_uint8, batch_size)
 
 
 def codec_macs(codec: FeatureCodec) -> tuple[int, int]:
