@@ -717,9 +717,14 @@ def _fused_batches(
         for i in starts:
             one(i)
         return
-    # each worker does its own normalising single-threaded (the per-thread setting leaves the caller's alone)
-    with ThreadPoolExecutor(len(heads), initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        list(pool.map(one, starts))
+    # each worker normalises its batches single-threaded; torch.set_num_threads also sets the process-wide default
+    # that threads started later take up, so the caller's setting is put back afterwards
+    threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(len(heads), initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            list(pool.map(one, starts))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -258,6 +259,11 @@ def test_fastest_outputs_are_the_module_outputs_from_either_runtime(fastest, syn
     got = run()  # eager is slower here: the fused runtime computes every image after the timed rounds
     torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
     assert torch.equal(got[timed:], by_fused[timed:])
+    seen: list[int] = []  # the single-threaded workers left the thread count of threads started later alone
+    later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    later.start()
+    later.join()
+    assert seen == [2] and torch.get_num_threads() == 2
     monkeypatch.setattr(fused, "outputs", real_outputs)
     real_batches = fused._fused_batches
 
