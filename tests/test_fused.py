@@ -229,6 +229,13 @@ def test_replicas_run_side_by_side(nets, synthetic) -> None:
     for run in got:
         for y in run:
             assert torch.equal(y, expected)
+    into = torch.full_like(expected, float("nan"))
+    replica.run_into(x.contiguous(), into)  # the threads' entry point: into a given output, no torch op
+    assert torch.equal(into, expected)
+    with pytest.raises(ConfigError, match=r"run_into needs .* got \(32, 5\)"):
+        replica.run_into(x, torch.empty(32, 5))
+    with pytest.raises(ConfigError, match="torch.float64"):
+        replica.run_into(x.double(), into)
 
 
 @pytest.fixture
@@ -259,7 +266,7 @@ def test_fastest_outputs_are_the_module_outputs_from_either_runtime(fastest, syn
     got = run()  # eager is slower here: the fused runtime computes every image after the timed rounds
     torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)
     assert torch.equal(got[timed:], by_fused[timed:])
-    seen: list[int] = []  # the single-threaded workers left the thread count of threads started later alone
+    seen: list[int] = []  # the worker threads left the thread count of threads started later alone
     later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
     later.start()
     later.join()
