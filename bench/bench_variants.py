@@ -303,15 +303,10 @@ def inference(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
     # a `fast` build's codec-phase head features: eager PyTorch against the faster of it and the fused runtime
     # (what head_features runs), interleaved passes over as many images as the preset caches
     many = data.train_x[: FIDELITIES.get("fast").codec.subset]
-    runtimes = {"eager": lambda: outputs(head, data, many), "head_features": lambda: head_features(head, data, many)}
-    seconds: dict[str, list[float]] = {k: [] for k in runtimes}
-    for r in range(4):
-        for k, call in runtimes.items():
-            t0 = time.perf_counter()
-            call()
-            if r:
-                seconds[k].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in seconds.items()}
+    eager_s, features_s = interleaved_medians(
+        lambda: outputs(head, data, many), lambda: head_features(head, data, many), runs=3, warmup=1
+    )
+    med = {"eager": eager_s, "head_features": features_s}
     out["head features, pruned layer1.2 head"] = {"images": len(many), **{f"{k}_seconds": v for k, v in med.items()}}
     print(f"head features of {len(many):,} images: eager {med['eager']:.2f} s, head_features "
           f"{med['head_features']:.2f} s ({med['eager'] / med['head_features']:.2f}×)", flush=True)  # fmt: skip

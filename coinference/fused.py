@@ -713,9 +713,16 @@ timing it against eager PyTorch would cost more than it could save)."""
 
 
 def _fused_batches(
-    heads: list[FusedHead], data: ImageData, x_uint8: torch.Tensor, out: torch.Tensor, starts: list[int], bs: int
+    heads: list[FusedHead],
+    data: ImageData,
+    x_uint8: torch.Tensor,
+    out: torch.Tensor,
+    starts: list[int],
+    bs: int,
+    pool: ThreadPoolExecutor | None,
 ) -> None:
-    """``out[i : i + bs] = head(normalised images)`` for each start ``i``, one thread per replica in ``heads``."""
+    """``out[i : i + bs] = head(normalised images)`` for each start ``i``, one replica in ``heads`` per worker of
+    ``pool`` (None: one replica, in the calling thread)."""
     free: queue.SimpleQueue[FusedHead] = queue.SimpleQueue()
     for head in heads:
         free.put(head)
@@ -727,19 +734,11 @@ def _fused_batches(
         finally:
             free.put(head)
 
-    if len(heads) == 1:
+    if pool is None:
         for i in starts:
             one(i)
-        return
-    # Each worker normalises its batches on one thread (in a trial, normalising every batch in the caller's thread
-    # instead made the whole 1.4× slower). torch.set_num_threads also sets the process-wide default that threads
-    # started later take up, so the caller's setting is put back afterwards.
-    threads = torch.get_num_threads()
-    try:
-        with ThreadPoolExecutor(len(heads), initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            list(pool.map(one, starts))
-    finally:
-        torch.set_num_threads(threads)
+    else:
+        list(pool.map(one, starts))
 
 
 @torch.no_grad()
@@ -774,16 +773,27 @@ def fastest_outputs(
             out[i : i + batch_size] = outputs(model, data, x_uint8[i : i + batch_size], batch_size)
         return time.perf_counter() - t0
 
+    # Each worker normalises its batches on one thread (in a trial, normalising every batch in the caller's thread
+    # instead made the whole 1.4× slower). torch.set_num_threads also sets the process-wide default that threads
+    # started later take up, so the caller's setting is put back once every round is done.
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(per_round, initializer=torch.set_num_threads, initargs=(1,)) if per_round > 1 else None
+
     def fused(chunk: list[int]) -> float:
         t0 = time.perf_counter()
-        _fused_batches(heads, data, x_uint8, out, chunk, batch_size)
+        _fused_batches(heads, data, x_uint8, out, chunk, batch_size, pool)
         return time.perf_counter() - t0
 
-    rounds = [starts[k : k + per_round] for k in range(0, 4 * per_round, per_round)]
-    eager(rounds[0])
-    fused(rounds[1])
-    eager_s, fused_s = eager(rounds[2]), fused(rounds[3])
-    rest = starts[4 * per_round :]
-    if rest:
-        (fused if fused_s < eager_s else eager)(rest)
+    try:
+        rounds = [starts[k : k + per_round] for k in range(0, 4 * per_round, per_round)]
+        eager(rounds[0])
+        fused(rounds[1])
+        eager_s, fused_s = eager(rounds[2]), fused(rounds[3])
+        rest = starts[4 * per_round :]
+        if rest:
+            (fused if fused_s < eager_s else eager)(rest)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+            torch.set_num_threads(threads)
     return out
