@@ -4,7 +4,7 @@ baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
         --weights runs/base/resnet20-cifar10.pt \
-        [--parts layout,inference,timing,ablation,temperature,phases,curve,rank,table] \
+        [--parts layout,inference,timing,ablation,temperature,codebook,phases,curve,rank,table] \
         [--out runs/bench/variants]
 
 Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
@@ -220,6 +220,33 @@ def temperature(args: argparse.Namespace, timed: VariantSpec) -> dict:
         print(f"{name}: mean accuracy on the whole test set over seeds", args.seeds, ":",
               ", ".join(f"{k} {100 * v:.2f}%" for k, v in means.items()))  # fmt: skip
         out[name] = {"runs": runs, "mean_accuracy_whole_test": means}
+    return out
+
+
+def codebook(args: argparse.Namespace, spec: VariantSpec) -> dict:
+    """The sq quantizer's levels at the `fast` budget: per seed, one pruned head (built once, in a cache of that
+    seed's own) under the codec with one codebook shared by every latent value (the paper's code) and with one per
+    latent channel (the default), so only the codebook differs."""
+    fast = FIDELITIES.get("fast")
+    books = ("shared", "channel")
+    runs: dict[str, dict] = {}
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            for book in books:
+                s = spec.with_(seed=seed, codec=replace(spec.codec, codebook=book))
+                runs[f"s{seed} {book}"] = timed_build(args, s, f"{book} s{seed}", fast, Path(tmp))
+
+    def mean(book: str, key: str) -> float:
+        return statistics.mean(runs[f"s{s} {book}"][key] for s in args.seeds)
+
+    out = {
+        "runs": runs,
+        "mean_accuracy_whole_test": {b: mean(b, "accuracy_whole_test") for b in books},
+        "mean_bits": {b: mean(b, "bits_mean") for b in books},
+    }
+    acc, bits = out["mean_accuracy_whole_test"], out["mean_bits"]
+    each = ", ".join(f"{b} {100 * acc[b]:.2f}% ({bits[b]:,.0f} bits)" for b in books)
+    print(f"codebooks over seeds {args.seeds}: {each}")
     return out
 
 
@@ -447,9 +474,8 @@ def main() -> None:
     ap.add_argument("--cache", type=Path, default=Path("runs/cache-bench"))
     ap.add_argument("--out", type=Path, default=Path("runs/bench/variants"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--seeds", type=int, nargs="+", default=[0], help="seeds of --parts timing (each: fast and 5×) and temperature"
-    )
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0],
+                    help="seeds of --parts timing (each: fast and 5×), temperature and codebook")  # fmt: skip
     ap.add_argument("--temperatures", type=float, nargs="+", default=[2.0, 4.0, 8.0],
                     help="codec distillation temperatures of --parts temperature")  # fmt: skip
     ap.add_argument("--temperature-specs", nargs="+", choices=list(TEMPERATURE_SPECS), default=["timing"],
@@ -482,6 +508,8 @@ def main() -> None:
         result["ablation"] = ablation(args, timed)
     if "temperature" in parts:
         result["temperature"] = temperature(args, timed)
+    if "codebook" in parts:
+        result["codebook"] = codebook(args, timed)
     if "phases" in parts:
         result["phases"] = phases(args, timed)
     if "curve" in parts:

@@ -11,6 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
+from coinference.codec.config import CODEBOOKS
 from coinference.errors import ConfigError
 
 CODEC_KINDS = ("none", "huffman", "sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp")
@@ -41,6 +42,9 @@ class CodecSpec:
     """AWGN SNR in dB per real symbol (jscc-awgn, bottlenetpp); None = train over the default range."""
     flip_p: float | None = None
     """BSC crossover probability (jscc-bsc)."""
+    codebook: str = "channel"
+    """Levels of the sq quantizer: "channel" (a codebook per latent channel) or "shared" (one, as in the paper's
+    code); see :attr:`coinference.codec.CodecConfig.codebook`."""
 
     @property
     def label(self) -> str:
@@ -53,6 +57,8 @@ class CodecSpec:
         if self.dim is not None:
             parts.append(f"d{self.dim}")
         parts.append(f"{self.bits}b")
+        if self.kind == "sq" and self.codebook != "channel":
+            parts.append(self.codebook)
         return "/".join(parts)
 
     def __post_init__(self) -> None:
@@ -68,11 +74,13 @@ class CodecSpec:
             raise ConfigError(f"codec kernel must be odd and ≥ 1, got {self.kernel}")
         if self.bits < 1:
             raise ConfigError(f"codec bits must be ≥ 1, got {self.bits}")
+        if self.codebook not in CODEBOOKS:
+            raise ConfigError(f"codec codebook {self.codebook!r} unknown; valid: {', '.join(CODEBOOKS)}")
         if self.flip_p is not None and not 0 <= self.flip_p < 0.5:
             raise ConfigError(f"BSC flip probability must be in [0, 0.5), got {self.flip_p}")
 
 
-LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1}
+LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1, "codebook": "channel"}
 """Codec fields added after spec format 1, with the default at which :meth:`VariantSpec.to_dict` omits them."""
 
 

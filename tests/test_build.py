@@ -87,6 +87,20 @@ def test_artifacts_reload_bit_exact(cache: Path) -> None:
     assert codec.compress(f2) == built.codec.compress(f1)
 
 
+def test_codebook_of_the_spec_and_of_checkpoints_written_before_it(cache: Path) -> None:
+    b = Builder(cache_dir=cache)
+    assert b.build(SPEC).codec.codec.quantizer.codebook.shape == (2, 4)  # one per latent channel by default
+    shared = b.build(SPEC.with_(codec={"codebook": "shared"}))
+    assert shared.codec.codec.quantizer.codebook.shape == (4,)
+    paths = build.save_variant(shared, cache / "artifact-shared")
+    blob = torch.load(paths["codec"], weights_only=True)
+    del blob["config"]["codebook"]  # as written before the field existed: those codecs had one shared codebook
+    torch.save(blob, paths["codec"])
+    codec, _ = load_codec(paths["codec"])
+    f = torch.randn(1, *shared.codec.feature_shape).relu()
+    assert codec.cfg.codebook == "shared" and codec.compress(f) == shared.codec.compress(f)
+
+
 def test_failing_variant_raises_typed_error(cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     smoke = FIDELITIES.get("smoke")
     exploding = replace(smoke, prune=replace(smoke.prune, lr=1e30, steps=8))

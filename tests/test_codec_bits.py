@@ -81,6 +81,53 @@ def test_scalar_quantizer_has_exactly_L_levels_and_ste_gradient() -> None:
         assert torch.equal(q(z), q.dequantize(q.symbols(z)))
 
 
+@pytest.mark.parametrize("bits", [2, 5])  # 5: more levels than COMPARE_LEVELS, one search per channel
+def test_channel_codebooks_fit_each_channels_scale(bits: int) -> None:
+    torch.manual_seed(0)
+    scale = torch.tensor([0.01, 1.0, 100.0]).view(1, 3, 1, 1)
+    z = (torch.randn(64, 3, 5, 5) * scale).requires_grad_(True)
+    q = ScalarQuantizer(bits, channels=3).train()
+    out = q(z)
+    levels = 2**bits
+    assert q.codebook.shape == (3, levels)
+    sym = q.symbols(z)
+    assert sym.shape == z.shape
+    for c in range(3):  # every channel spreads over all of its own levels
+        assert torch.unique(sym[:, c]).numel() == levels
+    # each value's symbol is its nearest level of its own channel
+    cb = q.sorted_codebook().detach()
+    nearest = (z.detach().unsqueeze(-1) - cb.view(1, 3, 1, 1, levels)).abs().argmin(-1)
+    assert torch.equal(sym, nearest)
+    (out.sum() + q.aux_loss).backward()
+    assert z.grad is not None and q.codebook.grad is not None and q.codebook.grad.abs().sum() > 0
+    q.eval()
+    assert torch.equal(q(z), q.dequantize(sym))
+    shared = ScalarQuantizer(bits).train()
+    shared(z)
+    assert torch.unique(shared.symbols(z)[:, 0]).numel() <= 2  # one set of levels leaves the weak channel behind
+    with pytest.raises(ConfigError, match="quantizer of 3 channels"):
+        q.symbols(torch.randn(2, 4, 5, 5))
+
+
+def test_codebooks_start_at_lloyd_max() -> None:
+    torch.manual_seed(0)
+    u = torch.rand(200_000)
+    q = ScalarQuantizer(2).train()
+    q(u)  # uniform on [0, 1): the Lloyd-Max quantizer of 4 levels is 1/8, 3/8, 5/8, 7/8
+    torch.testing.assert_close(q.sorted_codebook().detach(), torch.tensor([1, 3, 5, 7]) / 8, atol=0.01, rtol=0)
+    skewed = torch.distributions.Exponential(1.0).sample((4096, 2))
+    per_channel = ScalarQuantizer(2, channels=2).train()
+    per_channel(skewed)
+    cb = per_channel.sorted_codebook().detach()
+    sym = per_channel.symbols(skewed)
+    for c in range(2):  # a fixed point: each level is the mean of the values it is nearest to
+        means = torch.stack([skewed[:, c][sym[:, c] == k].mean() for k in range(4)])
+        torch.testing.assert_close(cb[c], means, atol=1e-3, rtol=0)
+    quantiles = torch.quantile(skewed[:, 0], (torch.arange(4) + 0.5) / 4)
+    mse_quantiles = ((skewed[:, 0, None] - quantiles).abs().min(1).values ** 2).mean()
+    assert ((skewed - per_channel.dequantize(sym)) ** 2)[:, 0].mean() < 0.9 * mse_quantiles
+
+
 def test_soft_to_hard_forward_is_hard() -> None:
     q = ScalarQuantizer(2, grad="soft").train()
     q.temperature = 0.5

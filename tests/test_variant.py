@@ -103,3 +103,10 @@ def test_a_later_field_at_its_default_leaves_the_key_unchanged() -> None:
     strided = SPEC.with_(codec={"stride": 2})
     assert '"stride":2' in strided.to_json() and strided.key != SPEC.key
     assert VariantSpec.from_json(strided.to_json()) == strided and VariantSpec.from_json(SPEC.to_json()) == SPEC
+    # per-channel codebooks (the default since they were added) leave keys alone; the paper's shared one is a field
+    assert "codebook" not in SPEC.to_json()
+    shared = SPEC.with_(codec={"codebook": "shared"})
+    assert shared.key != SPEC.key and VariantSpec.from_json(shared.to_json()) == shared
+    assert shared.codec.label.endswith("/shared") and not SPEC.codec.label.endswith("/shared")
+    with pytest.raises(ConfigError, match="codec codebook 'per-pixel' unknown"):
+        SPEC.with_(codec={"codebook": "per-pixel"})

@@ -9,6 +9,7 @@ from coinference.train import KD_TEMPERATURE
 
 KINDS = ("sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp", "huffman", "none")
 BOTTLENETPP_CHANNELS = ("none", "awgn", "erasure")
+CODEBOOKS = ("channel", "shared")
 SNR_RANGE_DB = (-10.0, 40.0)
 """SNRs (dB, per real channel symbol) accepted anywhere; outside it the message names the bad value."""
 P_RANGE = (0.0, 0.5)
@@ -49,6 +50,9 @@ class CodecConfig:
     """Kernel size of the encoder conv when ``stride`` is 1 (odd; padded to keep the size)."""
     bits: int = 2
     """Quantizer bits: L = 2**bits levels (sq), codewords (vq); bits per channel use are 1 for jscc-bsc."""
+    codebook: str = "channel"
+    """Scalar quantizer (sq) levels: "channel" (one codebook per latent channel, or per element of a flat latent)
+    or "shared" (one codebook for every value, as in the paper's code)."""
     grad: str = "ste"
     """Gradient through the quantizer: "ste" (straight-through) or "soft" (soft-to-hard, annealed)."""
     snr_db: float = 10.0
@@ -91,6 +95,8 @@ class CodecConfig:
             raise ConfigError(f"stride must be >= 1 and kernel odd >= 1, got stride={self.stride} kernel={self.kernel}")
         if not 1 <= self.bits <= 16:
             raise ConfigError(f"bits must be in [1, 16], got {self.bits}")
+        if self.codebook not in CODEBOOKS:
+            raise ConfigError(f"codebook {self.codebook!r} unknown; valid: {', '.join(CODEBOOKS)}")
         if self.grad not in ("ste", "soft"):
             raise ConfigError(f"quantizer gradient {self.grad!r} unknown; valid: soft, ste")
         if self.init not in ("pca", "random"):

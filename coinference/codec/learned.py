@@ -77,13 +77,15 @@ class QuantizedCodec(FeatureCodec):
 
 @CODECS.register("sq")
 class ScalarQuantCodec(QuantizedCodec):
-    """Learned scalar quantizer (L = 2**bits levels) on every latent value; range-coded, one model per channel
-    (spatial latents) or element (flat latents)."""
+    """Learned scalar quantizer (L = 2**bits levels) on every latent value, one codebook per latent channel (or
+    one shared, ``CodecConfig.codebook``); range-coded, one model per channel (spatial latents) or element (flat
+    latents)."""
 
     kind = "sq"
 
     def _make_quantizer(self) -> ScalarQuantizer:
-        return ScalarQuantizer(self.cfg.bits, self.cfg.grad, self.cfg.commitment)
+        channels = self.latent_shape[0] if self.cfg.codebook == "channel" else None
+        return ScalarQuantizer(self.cfg.bits, self.cfg.grad, self.cfg.commitment, channels)
 
     def _contexts(self) -> np.ndarray:
         shape = self.latent_shape

@@ -5,7 +5,8 @@ straight through (``"ste"``) or through a soft assignment whose temperature is a
 soft-to-hard). The codebook is trained by the codebook loss ‖sg[z] − q‖² and the encoder pulled towards it by the
 commitment loss ‖z − sg[q]‖² (VQ-VAE). There are exactly L = 2**bits levels (the authors' code had 2**bits + 1).
 During a warm-up the quantizer is off (identity); on the first forward after it is switched on, the codebook is
-initialised from the data it sees (quantiles for scalar, random vectors for vector quantization).
+initialised from the data it sees (Lloyd-Max levels per channel for scalar, random vectors for vector
+quantization).
 """
 
 from __future__ import annotations
@@ -13,6 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from coinference.errors import ConfigError
+
+COMPARE_LEVELS = 16
+"""Per-channel symbols up to this many levels come from comparisons with every decision boundary; more levels
+from one search per channel (``searchsorted`` with a row per channel has no ONNX export)."""
+LLOYD_ITERATIONS = 100
+"""At most this many Lloyd-Max iterations start a scalar codebook (they stop once no level moves by more than
+1e-5 of the values' range; skewed values need tens)."""
 
 
 class _Learned(nn.Module):
@@ -51,40 +61,85 @@ class _Learned(nn.Module):
 class ScalarQuantizer(_Learned):
     """Each latent value → the nearest of L learned levels. Symbols are ranks in the sorted codebook.
 
+    With ``channels`` the quantizer has one codebook per latent channel (dim 1: the channels of an (N, C, H, W)
+    latent, the elements of an (N, D) one), else one shared by all values. A bottleneck's channels differ in scale
+    by an order of magnitude (a PCA start orders them by variance), and one set of L levels for all of them leaves
+    the weak channels on one or two levels; the entropy model is per channel anyway. When quantization switches
+    on, each codebook starts at the Lloyd-Max quantizer (least squared error) of the values it sees, refined from
+    their quantiles: a 2-bit bottleneck then loses ~1.5 points at the switch where quantiles lost ~13
+    (``docs/RESULTS.md``, issue 5).
+
     Args:
         bits: L = 2**bits levels.
         grad: "ste" or "soft".
         commitment: weight of the commitment loss.
+        channels: one codebook per channel of this many channels (None: one shared codebook).
     """
 
-    def __init__(self, bits: int, grad: str = "ste", commitment: float = 0.25) -> None:
+    INIT_VALUES = 200_000
+    """At most this many latent values (in all channels together) start the codebooks."""
+
+    def __init__(self, bits: int, grad: str = "ste", commitment: float = 0.25, channels: int | None = None) -> None:
         super().__init__(2**bits, grad, commitment)
-        self.codebook = nn.Parameter(torch.linspace(-1.0, 1.0, self.levels))
+        self.channels = channels
+        levels = torch.linspace(-1.0, 1.0, self.levels)
+        self.codebook = nn.Parameter(levels if channels is None else levels.repeat(channels, 1))
 
     def sorted_codebook(self) -> torch.Tensor:
-        """The L levels in ascending order (the symbol of a level is its rank)."""
-        return torch.sort(self.codebook)[0]
+        """The levels in ascending order, (L,) or (channels, L) (the symbol of a level is its rank)."""
+        return torch.sort(self.codebook, dim=-1)[0]
+
+    def _check(self, z: torch.Tensor) -> None:
+        if self.channels is None or torch.jit.is_tracing():  # a trace has fixed shapes
+            return
+        if z.dim() < 2 or z.shape[1] != self.channels:
+            raise ConfigError(f"latent of shape {tuple(z.shape)} for a quantizer of {self.channels} channels")
+
+    def _table(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Per-channel rows (channels, k) of ``t`` shaped to broadcast against ``z.unsqueeze(-1)``."""
+        if self.channels is None:
+            return t
+        return t.view(1, self.channels, *([1] * (z.dim() - 2)), t.shape[-1])
+
+    def _rows(self, z: torch.Tensor) -> torch.Tensor:
+        """The values of ``z`` as (channels or 1, M) rows."""
+        if self.channels is None:
+            return z.reshape(1, -1)
+        return z.movedim(1, 0).reshape(self.channels, -1)
 
     def _init_from(self, z: torch.Tensor) -> None:
-        flat = z.flatten()
-        if flat.numel() > 200_000:
-            flat = flat[torch.randperm(flat.numel())[:200_000]]
-        qs = (torch.arange(self.levels, dtype=torch.float32) + 0.5) / self.levels
-        levels = torch.quantile(flat, qs)
+        self._check(z)
+        v = self._rows(z)
+        if v.shape[1] * len(v) > self.INIT_VALUES:
+            v = v[:, torch.randperm(v.shape[1])[: max(1, self.INIT_VALUES // len(v))]]
+        qs = (torch.arange(self.levels, dtype=v.dtype) + 0.5) / self.levels
+        levels = torch.quantile(v, qs, dim=1).T.contiguous()  # (rows, L)
         # Spread coinciding quantiles (e.g. many exact zeros after a ReLU) so the L levels stay distinct.
-        span = float(flat.max() - flat.min()) or 1.0
-        levels = levels + torch.arange(self.levels) * 1e-3 * span
-        self.codebook.copy_(levels)
+        span = (v.amax(1) - v.amin(1)).clamp_min(1e-6)
+        levels = lloyd_max(v, levels + torch.arange(self.levels, dtype=v.dtype) * 1e-3 * span[:, None])
+        self.codebook.copy_(levels.view_as(self.codebook))
 
     def symbols(self, z: torch.Tensor) -> torch.Tensor:
         """Nearest-level index (int64, z's shape)."""
         cb = self.sorted_codebook().detach()
-        mids = (cb[1:] + cb[:-1]) / 2
-        return torch.bucketize(z.detach().contiguous(), mids)
+        mids = (cb[..., 1:] + cb[..., :-1]) / 2
+        z = z.detach()
+        if self.channels is None:
+            return torch.bucketize(z.contiguous(), mids)
+        self._check(z)
+        if self.levels <= COMPARE_LEVELS:  # operators every ONNX runtime has (an export traces this)
+            return (z.unsqueeze(-1) > self._table(mids, z)).sum(-1)
+        return torch.stack([torch.bucketize(z[:, c].contiguous(), mids[c]) for c in range(self.channels)], 1)
+
+    def _levels_of(self, cb: torch.Tensor, symbols: torch.Tensor) -> torch.Tensor:
+        if self.channels is None:
+            return cb[symbols]
+        offset = torch.arange(self.channels, device=symbols.device) * self.levels
+        return cb.flatten()[symbols + offset.view(1, -1, *([1] * (symbols.dim() - 2)))]
 
     def dequantize(self, symbols: torch.Tensor) -> torch.Tensor:
         """Level values of symbols."""
-        return self.sorted_codebook().detach()[symbols]
+        return self._levels_of(self.sorted_codebook().detach(), symbols)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -92,15 +147,36 @@ class ScalarQuantizer(_Learned):
             return z
         self._maybe_init(z)
         cb = self.sorted_codebook()
-        q = cb[self.symbols(z)]
+        q = self._levels_of(cb, self.symbols(z))
         if not self.training:
             return q.detach()
         soft = None
         if self.grad == "soft":
-            d = (z.unsqueeze(-1) - cb) ** 2
-            scale = ((cb[1:] - cb[:-1]) ** 2).mean().detach().clamp_min(1e-12)
-            soft = (torch.softmax(-d / (self.temperature * scale), -1) * cb).sum(-1)
+            table = self._table(cb, z)
+            d = (z.unsqueeze(-1) - table) ** 2
+            spacing = ((cb[..., 1:] - cb[..., :-1]) ** 2).mean(-1, keepdim=True).detach().clamp_min(1e-12)
+            soft = (torch.softmax(-d / (self.temperature * self._table(spacing, z)), -1) * table).sum(-1)
         return self._finish(z, q, soft)
+
+
+@torch.no_grad()
+def lloyd_max(values: torch.Tensor, levels: torch.Tensor, iterations: int = LLOYD_ITERATIONS) -> torch.Tensor:
+    """Lloyd-Max scalar quantizers of each row of ``values`` (R, M), started at ``levels`` (R, L): each level moves
+    to the mean of the values nearest to it (a level no value is nearest keeps its place). Returns sorted (R, L)."""
+    levels = torch.sort(levels, dim=1)[0]
+    values = values.contiguous()
+    tolerance = 1e-5 * (values.amax(1) - values.amin(1)).clamp_min(1e-12)
+    for _ in range(iterations):
+        mids = (levels[:, 1:] + levels[:, :-1]) / 2
+        idx = torch.searchsorted(mids.contiguous(), values)
+        sums = torch.zeros_like(levels).scatter_add_(1, idx, values)
+        counts = torch.zeros_like(levels).scatter_add_(1, idx, torch.ones_like(values))
+        moved = torch.sort(torch.where(counts > 0, sums / counts.clamp_min(1), levels), dim=1)[0]
+        done = bool(((moved - levels).abs().amax(1) <= tolerance).all())
+        levels = moved
+        if done:
+            break
+    return levels
 
 
 class VectorQuantizer(_Learned):
