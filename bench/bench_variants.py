@@ -225,8 +225,8 @@ def temperature(args: argparse.Namespace, timed: VariantSpec) -> dict:
 
 def codebook(args: argparse.Namespace, spec: VariantSpec) -> dict:
     """The sq quantizer's levels at the `fast` budget: per seed, one pruned head (built once, in a cache of that
-    seed's own) under the codec with one codebook shared by every latent value (the paper's code) and with one per
-    latent channel (the default), so only the codebook differs."""
+    seed's own) under the codec with one codebook shared by every latent value (the default, as in the paper's
+    code) and with one per latent channel, so only the codebook differs."""
     fast = FIDELITIES.get("fast")
     books = ("shared", "channel")
     runs: dict[str, dict] = {}

@@ -394,7 +394,6 @@ def load_codec(path: str | Path) -> tuple[Any, dict[str, torch.Tensor]]:
     if not isinstance(blob, dict) or blob.get("format") != "coinference.codec/1":
         raise CheckpointError(f"{path} is not a codec checkpoint (coinference.codec/1)")
     fields: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in blob["config"].items()}
-    fields.setdefault("codebook", "shared")  # written before per-channel codebooks existed
     codec = build_codec(CodecConfig(**fields), tuple(blob["feature_shape"]), bool(blob["nonneg"]))
     codec.load_state_dict(blob["state_dict"])
     load_coder_state(codec, blob.get("coder", {}))

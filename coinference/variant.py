@@ -42,9 +42,9 @@ class CodecSpec:
     """AWGN SNR in dB per real symbol (jscc-awgn, bottlenetpp); None = train over the default range."""
     flip_p: float | None = None
     """BSC crossover probability (jscc-bsc)."""
-    codebook: str = "channel"
-    """Levels of the sq quantizer: "channel" (a codebook per latent channel) or "shared" (one, as in the paper's
-    code); see :attr:`coinference.codec.CodecConfig.codebook`."""
+    codebook: str = "shared"
+    """Levels of the sq quantizer: "shared" (one codebook, as in the paper's code) or "channel" (one per latent
+    channel); see :attr:`coinference.codec.CodecConfig.codebook`."""
 
     @property
     def label(self) -> str:
@@ -57,7 +57,7 @@ class CodecSpec:
         if self.dim is not None:
             parts.append(f"d{self.dim}")
         parts.append(f"{self.bits}b")
-        if self.kind == "sq" and self.codebook != "channel":
+        if self.kind == "sq" and self.codebook != "shared":
             parts.append(self.codebook)
         return "/".join(parts)
 
@@ -80,7 +80,7 @@ class CodecSpec:
             raise ConfigError(f"BSC flip probability must be in [0, 0.5), got {self.flip_p}")
 
 
-LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1, "codebook": "channel"}
+LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1, "codebook": "shared"}
 """Codec fields added after spec format 1, with the default at which :meth:`VariantSpec.to_dict` omits them."""
 
 

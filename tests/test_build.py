@@ -89,8 +89,8 @@ def test_artifacts_reload_bit_exact(cache: Path) -> None:
 
 def test_codebook_of_the_spec_and_of_checkpoints_written_before_it(cache: Path) -> None:
     b = Builder(cache_dir=cache)
-    assert b.build(SPEC).codec.codec.quantizer.codebook.shape == (2, 4)  # one per latent channel by default
-    shared = b.build(SPEC.with_(codec={"codebook": "shared"}))
+    assert b.build(SPEC.with_(codec={"codebook": "channel"})).codec.codec.quantizer.codebook.shape == (2, 4)
+    shared = b.build(SPEC)  # one codebook by default
     assert shared.codec.codec.quantizer.codebook.shape == (4,)
     paths = build.save_variant(shared, cache / "artifact-shared")
     blob = torch.load(paths["codec"], weights_only=True)

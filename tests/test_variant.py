@@ -103,10 +103,10 @@ def test_a_later_field_at_its_default_leaves_the_key_unchanged() -> None:
     strided = SPEC.with_(codec={"stride": 2})
     assert '"stride":2' in strided.to_json() and strided.key != SPEC.key
     assert VariantSpec.from_json(strided.to_json()) == strided and VariantSpec.from_json(SPEC.to_json()) == SPEC
-    # per-channel codebooks (the default since they were added) leave keys alone; the paper's shared one is a field
+    # the shared codebook (what every spec had before the field) leaves keys alone; per-channel ones are part of it
     assert "codebook" not in SPEC.to_json()
-    shared = SPEC.with_(codec={"codebook": "shared"})
-    assert shared.key != SPEC.key and VariantSpec.from_json(shared.to_json()) == shared
-    assert shared.codec.label.endswith("/shared") and not SPEC.codec.label.endswith("/shared")
+    per_channel = SPEC.with_(codec={"codebook": "channel"})
+    assert per_channel.key != SPEC.key and VariantSpec.from_json(per_channel.to_json()) == per_channel
+    assert per_channel.codec.label.endswith("/channel") and not SPEC.codec.label.endswith("/channel")
     with pytest.raises(ConfigError, match="codec codebook 'per-pixel' unknown"):
         SPEC.with_(codec={"codebook": "per-pixel"})

@@ -50,9 +50,9 @@ class CodecConfig:
     """Kernel size of the encoder conv when ``stride`` is 1 (odd; padded to keep the size)."""
     bits: int = 2
     """Quantizer bits: L = 2**bits levels (sq), codewords (vq); bits per channel use are 1 for jscc-bsc."""
-    codebook: str = "channel"
-    """Scalar quantizer (sq) levels: "channel" (one codebook per latent channel, or per element of a flat latent)
-    or "shared" (one codebook for every value, as in the paper's code)."""
+    codebook: str = "shared"
+    """Scalar quantizer (sq) levels: "shared" (one codebook for every latent value, as in the paper's code) or
+    "channel" (one per latent channel, or per element of a flat latent)."""
     grad: str = "ste"
     """Gradient through the quantizer: "ste" (straight-through) or "soft" (soft-to-hard, annealed)."""
     snr_db: float = 10.0

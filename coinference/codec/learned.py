@@ -77,9 +77,9 @@ class QuantizedCodec(FeatureCodec):
 
 @CODECS.register("sq")
 class ScalarQuantCodec(QuantizedCodec):
-    """Learned scalar quantizer (L = 2**bits levels) on every latent value, one codebook per latent channel (or
-    one shared, ``CodecConfig.codebook``); range-coded, one model per channel (spatial latents) or element (flat
-    latents)."""
+    """Learned scalar quantizer (L = 2**bits levels) on every latent value, one codebook shared by all (or one per
+    latent channel, ``CodecConfig.codebook``); range-coded, one model per channel (spatial latents) or element
+    (flat latents)."""
 
     kind = "sq"
 

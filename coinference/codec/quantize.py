@@ -5,8 +5,7 @@ straight through (``"ste"``) or through a soft assignment whose temperature is a
 soft-to-hard). The codebook is trained by the codebook loss ‖sg[z] − q‖² and the encoder pulled towards it by the
 commitment loss ‖z − sg[q]‖² (VQ-VAE). There are exactly L = 2**bits levels (the authors' code had 2**bits + 1).
 During a warm-up the quantizer is off (identity); on the first forward after it is switched on, the codebook is
-initialised from the data it sees (Lloyd-Max levels per channel for scalar, random vectors for vector
-quantization).
+initialised from the data it sees (Lloyd-Max levels for scalar, random vectors for vector quantization).
 """
 
 from __future__ import annotations
@@ -61,13 +60,13 @@ class _Learned(nn.Module):
 class ScalarQuantizer(_Learned):
     """Each latent value → the nearest of L learned levels. Symbols are ranks in the sorted codebook.
 
-    With ``channels`` the quantizer has one codebook per latent channel (dim 1: the channels of an (N, C, H, W)
-    latent, the elements of an (N, D) one), else one shared by all values. A bottleneck's channels differ in scale
-    by an order of magnitude (a PCA start orders them by variance), and one set of L levels for all of them leaves
-    the weak channels on one or two levels; the entropy model is per channel anyway. When quantization switches
-    on, each codebook starts at the Lloyd-Max quantizer (least squared error) of the values it sees, refined from
-    their quantiles: a 2-bit bottleneck then loses ~1.5 points at the switch where quantiles lost ~13
-    (``docs/RESULTS.md``, issue 5).
+    One codebook is shared by all values, or with ``channels`` there is one per latent channel (dim 1: the
+    channels of an (N, C, H, W) latent, the elements of an (N, D) one). When quantization switches on, each
+    codebook starts at the Lloyd-Max quantizer (least squared error) of the values it sees, refined from their
+    quantiles: a short schedule cannot win back a poor start (quantiles alone cost the `fast` preset 0.3–0.4 points at
+    ResNet-20 layer1.2, ``docs/RESULTS.md``, issue 5). Per-channel codebooks were as accurate there and spent ~9 %
+    more bits: a shared one leaves a weak channel on one or two levels, which the per-channel entropy model then
+    codes in fewer bits (``bench/bench_variants.py --parts codebook``).
 
     Args:
         bits: L = 2**bits levels.

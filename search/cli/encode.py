@@ -58,6 +58,9 @@ def encode(
     dim: Annotated[int | None, typer.Option(help="Encoder FC output size (default: no FC).")] = None,
     stride: Annotated[int, typer.Option(help="Encoder conv stride (= kernel when > 1).")] = 1,
     bits: Annotated[int, typer.Option(help="Quantizer bits: 2**bits levels (sq) or codewords (vq).")] = 2,
+    codebook: Annotated[
+        str, typer.Option(help="sq levels: shared (one codebook, the paper's) or channel (one per latent channel).")
+    ] = "shared",
     channel: Annotated[str, typer.Option(help="none, awgn, bsc (learned JSCC) or erasure (bottlenetpp).")] = "none",
     snr: Annotated[float, typer.Option(help="Evaluation SNR in dB per real symbol (awgn).")] = 10.0,
     p: Annotated[float, typer.Option(help="Evaluation flip/erasure probability (bsc, erasure).")] = 0.01,
@@ -73,7 +76,7 @@ def encode(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Train a codec at a split point (head frozen) and print accuracy, bits per sample (from bytes), MACs."""
-    cfg = codec_config(kind, channel, snr, p, channels, dim, stride, bits)
+    cfg = replace(codec_config(kind, channel, snr, p, channels, dim, stride, bits), codebook=codebook)
     if finetune_tail:
         cfg = replace(cfg, finetune_tail=True)
     train = TrainConfig(
