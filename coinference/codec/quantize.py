@@ -64,7 +64,8 @@ class ScalarQuantizer(_Learned):
     channels of an (N, C, H, W) latent, the elements of an (N, D) one). When quantization switches on, each
     codebook starts at the Lloyd-Max quantizer (least squared error) of the values it sees, refined from their
     quantiles: a short schedule cannot win back a poor start (quantiles alone cost the `fast` preset 0.3–0.4 points at
-    ResNet-20 layer1.2, ``docs/RESULTS.md``, issue 5). Per-channel codebooks were as accurate there and spent ~9 %
+    ResNet-20 layer1.2, ``docs/RESULTS.md``, issue 5; an FC latent at layer3.2 scored lower with this start, not yet
+    understood). Per-channel codebooks were as accurate there and spent ~9 %
     more bits: a shared one leaves a weak channel on one or two levels, which the per-channel entropy model then
     codes in fewer bits (``bench/bench_variants.py --parts codebook``).
 
