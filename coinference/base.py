@@ -94,9 +94,9 @@ def prepare_base(
         out: where to write the base checkpoint (None: not saved).
     """
     net, data = load_base(model, dataset, weights, data_dir)
-    before = accuracy(net, data) if weights is not None else None
-    fit(net, data, cfg)
-    acc = accuracy(net, data)
+    before = accuracy(net, data, progress="evaluate start weights") if weights is not None else None
+    fit(net, data, cfg, progress=f"train {model} on {dataset}")
+    acc = accuracy(net, data, progress=f"evaluate {model}")
     path = sha = None
     if out is not None:
         path = Path(out)

@@ -39,6 +39,7 @@ from coinference.errors import CheckpointError, ConfigError
 from coinference.evaluate import outputs
 from coinference.fidelity import FIDELITIES, Fidelity
 from coinference.profile import module_cost
+from coinference.progress import phase
 from coinference.prune import PruneConfig, PrunedDevice, TwoStepConfig, load_pruned, prune_device, save_pruned
 from coinference.prune.activation import Expand
 from coinference.variant import Measurement, VariantSpec
@@ -196,9 +197,10 @@ class Builder:
                 fid = self.fidelity(spec)
                 weights = self.cache / "base" / f"{spec.model}-{spec.dataset}-scratch-{spec.fidelity}-s{spec.seed}.pt"
                 if not weights.is_file():
-                    prepare_base(
-                        spec.model, spec.dataset, replace(fid.base, seed=spec.seed), None, self.data_dir, weights
-                    )
+                    with phase("base"):
+                        prepare_base(
+                            spec.model, spec.dataset, replace(fid.base, seed=spec.seed), None, self.data_dir, weights
+                        )
             self._bases[key] = load_base(spec.model, spec.dataset, weights, self.data_dir)
         return self._bases[key]
 
@@ -220,7 +222,7 @@ class Builder:
         logits = _disk_cached(
             self.cache / "teacher" / f"{key}.pt",
             load,
-            lambda: outputs(model, data, data.train_x),
+            lambda: outputs(model, data, data.train_x, progress="teacher logits"),
             lambda logits, tmp: torch.save({"logits": logits}, tmp),
             damaged=(Exception,),
         )
@@ -247,6 +249,10 @@ class Builder:
         return pruned
 
     def _prune_now(self, spec: VariantSpec, fid: Fidelity) -> PrunedDevice:
+        with phase("prune"):
+            return self._prune_in_phase(spec, fid)
+
+    def _prune_in_phase(self, spec: VariantSpec, fid: Fidelity) -> PrunedDevice:
         model, data = self.base(spec)
         train = replace(fid.prune, seed=spec.seed)
         if spec.pruning == "two-step":
@@ -268,7 +274,12 @@ class Builder:
         return prune_device(model, spec.split, data, cfg, self.teacher_logits(spec) if cached else None)
 
     def build(self, spec: VariantSpec) -> BuiltVariant:
-        """Build and measure ``spec`` (no measurement cache; see :meth:`measure`)."""
+        """Build and measure ``spec`` (no measurement cache; see :meth:`measure`) in a progress phase of its own,
+        holding those of the parts that are computed (base, teacher logits, prune, codec, evaluate)."""
+        with phase(f"build {spec.split} s={spec.sparsity:g} {spec.codec.label}"):
+            return self._build(spec)
+
+    def _build(self, spec: VariantSpec) -> BuiltVariant:
         t0 = time.perf_counter()
         fid = self.fidelity(spec)
         model, data = self.base(spec)
@@ -280,17 +291,20 @@ class Builder:
         ccfg = replace(ccfg, distill_temperature=fid.codec_temperature_for(pruned.tail))
         ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, len(pruned.kept_channels))
         base = fid.base_teacher and ccfg.trainable  # huffman and none learn nothing: no distillation targets
-        codec = train_codec(
-            pruned.head,
-            server_in,
-            data,
-            ccfg,
-            replace(fid.codec, seed=spec.seed),
-            teacher=model if base else None,
-            teacher_logits=self.teacher_logits(spec) if base else None,
-        )
+        teacher_logits = self.teacher_logits(spec) if base else None
+        with phase("codec"):
+            codec = train_codec(
+                pruned.head,
+                server_in,
+                data,
+                ccfg,
+                replace(fid.codec, seed=spec.seed),
+                teacher=model if base else None,
+                teacher_logits=teacher_logits,
+            )
         test = data.first_test(fid.test_limit)
-        ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)
+        with phase("evaluate"):
+            ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)
         head_cost = module_cost(nn.Sequential(pruned.head, codec.encoder), pruned.input_shape)
         tail_macs = module_cost(pruned.tail, pruned.feature_shape).macs
         uses = ev.channel_uses if codec.codec.kind == "jscc-awgn" else None

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from coinference.errors import CoinferenceError, ConfigError
+from coinference.progress import phase
 from coinference.registry import Registry
 
 FORMAT_VERSION = 1
@@ -223,7 +224,7 @@ def export_variant(
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
-            raise ExportError(f"export folder {out} is not empty (use overwrite to replace it)")
+            raise ExportError(f"export folder {out} is not empty (overwrite=True, or --force, replaces it)")
         for sub in ("device", "server"):
             shutil.rmtree(out / sub, ignore_errors=True)
         (out / "manifest.json").unlink(missing_ok=True)
@@ -387,18 +388,20 @@ def verify_export(
     sess_d, sess_s = ort_session(out / manifest["device"]["onnx"]), ort_session(out / manifest["server"]["onnx"])
     # One image at a time, as a device runs it (and as bits are counted): a traced part need not support batches.
     sym_t, logits_t, logits_b, sym_o, logits_o, bits = [], [], [], [], [], []
-    for i in range(len(x)):
-        xi = x[i : i + 1]
-        with torch.no_grad():
-            s = dev(xi)
-            sym_t.append(s)
-            logits_t.append(srv(s))
-            logits_b.append(srv(through_bytes(s)[0]))
-        so = torch.from_numpy(sess_d.run(None, {DEVICE_IO[0]: xi.numpy()})[0])
-        decoded, b = through_bytes(so)
-        sym_o.append(so)
-        bits += b
-        logits_o.append(torch.from_numpy(sess_s.run(None, {SERVER_IO[0]: decoded.numpy()})[0]))
+    with phase("verify export", len(x), "image") as advance:
+        for i in range(len(x)):
+            xi = x[i : i + 1]
+            with torch.no_grad():
+                s = dev(xi)
+                sym_t.append(s)
+                logits_t.append(srv(s))
+                logits_b.append(srv(through_bytes(s)[0]))
+            so = torch.from_numpy(sess_d.run(None, {DEVICE_IO[0]: xi.numpy()})[0])
+            decoded, b = through_bytes(so)
+            sym_o.append(so)
+            bits += b
+            logits_o.append(torch.from_numpy(sess_s.run(None, {SERVER_IO[0]: decoded.numpy()})[0]))
+            advance()
     if not len(x):
         raise ExportError("verify_export needs at least one image")
     st, so_, lt, lb, lo = (torch.cat(v) for v in (sym_t, sym_o, logits_t, logits_b, logits_o))

@@ -6,6 +6,7 @@ not by copying it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,6 +19,7 @@ from torch import nn
 
 from coinference.data import ImageData
 from coinference.errors import ConfigError, TrainingError
+from coinference.progress import ignore, phase
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,7 @@ def fit(
     hooks: StepHooks | None = None,
     train_mode: Callable[[], None] | None = None,
     batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    progress: str | None = "train",
 ) -> TrainResult:
     """Train ``model`` for ``cfg``'s budget on ``data``'s training split.
 
@@ -230,6 +233,8 @@ def fit(
         train_mode: sets train/eval modes instead of ``model.train()`` (e.g. to keep frozen BN in eval).
         batches: (inputs, targets) pairs to train on instead of augmented images from ``data`` (e.g. cached
             features of a frozen head); the budget is still counted on ``data``'s training split.
+        progress: description of the loop's :func:`coinference.progress.phase` (one unit per step); None opens
+            none.
 
     Raises:
         TrainingError: the loss became NaN or infinite.
@@ -247,29 +252,32 @@ def fit(
     nhwc = [p for g in opt.param_groups for p in g["params"] if p.dim() == 4] if cfg.channels_last else []
     for p in nhwc:  # the same Parameter objects (the optimizer keeps them), in the other layout
         p.data = p.data.contiguous(memory_format=torch.channels_last)
-    try:
-        for step, (x, y) in zip(range(total), source, strict=False):
-            if nhwc and x.dim() == 4:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if hooks.before_step:
-                hooks.before_step(step)
-            logits = fwd(x)
-            loss = loss_fn(logits, y, x) if loss_fn else F.cross_entropy(logits, y)
-            if not torch.isfinite(loss):
-                raise TrainingError(f"loss became {loss.item()} at step {step} of {total}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if hooks.after_backward:
-                hooks.after_backward(step)
-            opt.step()
-            sched.step()
-            if hooks.after_step:
-                hooks.after_step(step)
-            losses.append(loss.item())
-    finally:
-        for p in nhwc:
-            p.data = p.data.contiguous()
-            if p.grad is not None:  # the last step's gradients, in the parameter's layout again
-                p.grad = p.grad.contiguous()
+    tracked = phase(progress, total) if progress is not None else contextlib.nullcontext(ignore)
+    with tracked as advance:
+        try:
+            for step, (x, y) in zip(range(total), source, strict=False):
+                if nhwc and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if hooks.before_step:
+                    hooks.before_step(step)
+                logits = fwd(x)
+                loss = loss_fn(logits, y, x) if loss_fn else F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(f"loss became {loss.item()} at step {step} of {total}")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if hooks.after_backward:
+                    hooks.after_backward(step)
+                opt.step()
+                sched.step()
+                if hooks.after_step:
+                    hooks.after_step(step)
+                losses.append(loss.item())
+                advance()
+        finally:
+            for p in nhwc:
+                p.data = p.data.contiguous()
+                if p.grad is not None:  # the last step's gradients, in the parameter's layout again
+                    p.grad = p.grad.contiguous()
     tail = losses[-max(1, len(losses) // 10) :]
     return TrainResult(len(losses), sum(tail) / len(tail), time.perf_counter() - t0, tuple(losses))

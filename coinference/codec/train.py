@@ -29,6 +29,7 @@ from coinference.data import ImageData
 from coinference.errors import CoinferenceError, ConfigError
 from coinference.evaluate import INFERENCE_BATCH, eval_mode, outputs
 from coinference.profile import count_macs
+from coinference.progress import phase, reporting
 from coinference.train import (
     StepHooks,
     TrainConfig,
@@ -136,10 +137,15 @@ def head_features(
 ) -> torch.Tensor:
     """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored), from
     the faster of eager PyTorch and the fused runtime on this machine (:func:`coinference.fused.fastest_outputs`;
-    ``bench/bench_variants.py --parts inference`` times it against eager on a `fast` build's training images)."""
+    ``bench/bench_variants.py --parts inference`` times it against eager on a `fast` build's training images).
+    One progress phase, "head features", covers it."""
     from coinference.fused import fastest_outputs  # its C kernels are compiled on first use only
 
-    return fastest_outputs(head, data, x_uint8, batch_size)
+    with phase("head features", len(x_uint8), "image") as advance:
+        with reporting(None):  # its eager runtime runs a batch at a time through outputs(), each its own phase
+            out = fastest_outputs(head, data, x_uint8, batch_size)
+        advance(len(x_uint8))
+    return out
 
 
 def codec_macs(codec: FeatureCodec) -> tuple[int, int]:
@@ -254,7 +260,7 @@ def train_codec(
                 if train_features is not None and teacher_logits is not None:
                     targets = teacher_logits[pool]
                 elif train_features is not None and teacher is not None:
-                    targets = outputs(teacher, data, data.train_x[pool])
+                    targets = outputs(teacher, data, data.train_x[pool], progress="teacher logits")
                 result = _train(
                     codec, head, teacher, tail, trained_tail, data, codec_cfg, train_cfg, pool, train_features, targets
                 )
@@ -342,6 +348,7 @@ def _train(
         hooks=StepHooks(before_step=before, after_step=after),
         train_mode=modes,
         batches=batches,
+        progress=f"codec {ccfg.kind}",
     )
 
 
@@ -382,23 +389,27 @@ def evaluate_codec(
             raise ConfigError(f"codec {codec.kind!r} has no channel; got a channel level {level}")
         correct = 0
         layout = torch.channels_last if feats.dim() == 4 else torch.contiguous_format  # as outputs() runs models
-        for i in range(0, len(feats), batch_size):
-            logits = tail(codec(feats[i : i + batch_size].contiguous(memory_format=layout)))
-            correct += int((logits.argmax(1) == data.test_y[i : i + batch_size]).sum())
+        with phase(f"evaluate codec {codec.kind}", len(feats), "image") as advance:
+            for i in range(0, len(feats), batch_size):
+                logits = tail(codec(feats[i : i + batch_size].contiguous(memory_format=layout)))
+                correct += int((logits.argmax(1) == data.test_y[i : i + batch_size]).sum())
+                advance(len(logits))
         bits: list[int] = []
         checked = 0
         if codec.kind != "jscc-awgn":
             n = len(feats) if bits_samples is None else min(bits_samples, len(feats))
-            for i in range(n):
-                f = feats[i : i + 1]
-                blob = codec.compress(f)
-                bits.append(8 * (len(blob) - HEADER_BYTES))
-                if checked < verify:
-                    expect = codec.from_symbols(codec.to_symbols(f))
-                    if not torch.equal(codec.decompress(blob), expect):
-                        what = f"codec {codec.kind!r}: decompress(compress(x)) differs at test image {i}"
-                        raise CoinferenceError(what)
-                    checked += 1
+            with phase(f"count bits {codec.kind}", n, "image") as advance:
+                for i in range(n):
+                    f = feats[i : i + 1]
+                    blob = codec.compress(f)
+                    bits.append(8 * (len(blob) - HEADER_BYTES))
+                    if checked < verify:
+                        expect = codec.from_symbols(codec.to_symbols(f))
+                        if not torch.equal(codec.decompress(blob), expect):
+                            what = f"codec {codec.kind!r}: decompress(compress(x)) differs at test image {i}"
+                            raise CoinferenceError(what)
+                        checked += 1
+                    advance()
         return CodecEval(
             accuracy=correct / len(feats),
             bits_mean=sum(bits) / len(bits) if bits else None,

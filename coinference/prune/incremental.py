@@ -186,6 +186,7 @@ def prune_device(
                 loss_fn=loss,
                 hooks=StepHooks(after_backward=masker.zero_grads),
                 batches=batches,
+                progress=f"prune iteration {i + 1}/{len(plan)} (sparsity {s_i:.2f})",
             )
             history.append(IterationLog(s_i, a_i, res.steps, res.final_loss, res.seconds))
         else:
