@@ -28,3 +28,10 @@ class CheckpointError(CoinferenceError):
 
 class TrainingError(CoinferenceError):
     """Training failed (e.g. the loss became NaN or infinite); a search records it as a failed variant."""
+
+
+class EnvironmentProblem(CoinferenceError):
+    """The machine or the inputs, not the variant: missing data, unreadable weights, out of disk, interrupted.
+
+    A search stops on it and records nothing for the variant, so a later run (with the inputs fixed) builds it.
+    """

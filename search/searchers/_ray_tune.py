@@ -13,15 +13,23 @@ import numpy as np
 from ray import tune
 from ray.tune.search import Searcher as TuneSearcher
 
+from coinference.errors import EnvironmentProblem
 from coinference.variant import Measurement
-from search.evaluator import Evaluate, Outcome, error_text
+from search.evaluator import Evaluate, Outcome, environment_problem, error_text, is_environment_error
 from search.searchers.base import SearchContext
 from search.searchers.optuna_search import DIRECTIONS, OBJECTIVES, REPEATS, objective_values, unseen_params
 
 CONTEXTS: dict[str, SearchContext] = {}
 """Run name → context: the searcher is pickled into Tune's experiment state, the context (table) is not."""
 
+PROBLEMS: dict[str, EnvironmentProblem] = {}
+"""Run name → the environment problem a trial reported; the driver raises it once Tune has stopped."""
+
 MODES = [d[:3] for d in DIRECTIONS]
+
+FAILED_METRICS = dict.fromkeys(OBJECTIVES, float("nan"))
+"""Placeholders in a failed trial's result: Tune rejects a result without the searcher's metrics (the driver tells
+Optuna a failure, never these values)."""
 
 
 def metrics(out: Outcome) -> dict[str, Any]:
@@ -32,16 +40,35 @@ def metrics(out: Outcome) -> dict[str, Any]:
 
 
 def trial(config: dict[str, Any], space: Any, evaluate: Evaluate) -> None:
-    """One Tune trial (runs in a Ray worker): build and measure one cell, report it; never writes the table."""
+    """One Tune trial (runs in a Ray worker): build and measure one cell, report it; never writes the table.
+
+    A failed build is reported as a result (:data:`FAILED_METRICS`) with its error text and ``environment``
+    (:func:`is_environment_error` of the exception, which stays in the worker), so the driver can tell a failed
+    variant from a broken machine.
+    """
     spec = space.spec(space.index_of(config))
     try:
         m = evaluate(spec)
     except Exception as e:  # a failed build is a result
-        tune.report({"status": "failed", "error": error_text(e), "key": spec.key})
+        env = is_environment_error(e)
+        tune.report({**FAILED_METRICS, "status": "failed", "error": error_text(e), "environment": env, "key": spec.key})
         return
     res: dict[str, Any] = {"status": "ok", "key": spec.key, "measurement": json.dumps(m.to_dict())}
     res.update(dict(zip(OBJECTIVES, [m.accuracy, m.device_macs, m.bits_mean + m.header_bits], strict=True)))
     tune.report(res)
+
+
+class StopOnProblem(tune.Stopper):
+    """Ends the experiment (running trials too) once a trial of run ``run`` reported an environment problem."""
+
+    def __init__(self, run: str) -> None:
+        self.run = run
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return self.run in PROBLEMS
+
+    def stop_all(self) -> bool:
+        return self.run in PROBLEMS
 
 
 class CachedSearch(TuneSearcher):
@@ -67,6 +94,8 @@ class CachedSearch(TuneSearcher):
 
     def suggest(self, trial_id: str) -> Any:
         ctx = CONTEXTS[self.run]
+        if self.run in PROBLEMS:
+            return TuneSearcher.FINISHED
         for _ in range(ctx.max_proposals()):
             in_flight = {k for _, k, _ in self.live.values()}
             if len(ctx.ledger.done) + len(in_flight) >= ctx.trials:
@@ -91,7 +120,7 @@ class CachedSearch(TuneSearcher):
                 self.inner.on_trial_complete(iid, result=None, error=False)
                 self.wasted += 1
                 continue
-            if ctx.seen(spec) or ctx.evaluator.lookup(spec) is not None:
+            if ctx.evaluator.stored(spec) is not None:
                 self.wasted += ctx.seen(spec)
                 out = ctx.evaluate(spec, cell)  # answered from the table, no trial
                 self.inner.on_trial_complete(iid, result=metrics(out) if out.ok else None, error=not out.ok)
@@ -107,6 +136,11 @@ class CachedSearch(TuneSearcher):
         iid, _, cell = self.live.pop(trial_id)
         ctx = CONTEXTS[self.run]
         spec = ctx.space.spec(cell)
+        if result and result.get("environment"):
+            # The machine, not the variant: record nothing; StopOnProblem ends the experiment, the driver raises.
+            PROBLEMS.setdefault(self.run, environment_problem(spec.key, str(result.get("error"))))
+            self.inner.on_trial_complete(iid, result=None, error=True)
+            return
         if result and result.get("status") == "ok":
             out = ctx.record(spec, cell, measurement=Measurement.from_dict(json.loads(result["measurement"])))
         else:

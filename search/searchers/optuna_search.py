@@ -22,6 +22,8 @@ from search.searchers.base import SEARCHERS, SearchContext, Searcher
 DIRECTIONS: list[Any] = ["maximize", "minimize", "minimize"]
 REPEATS = 2
 OBJECTIVES = ("accuracy", "device_macs", "bits")
+SAMPLERS = ("nsga2", "tpe")
+"""Sampler names :func:`make_sampler` knows."""
 
 
 def objective_values(out: Outcome) -> list[float]:
@@ -48,7 +50,7 @@ def make_sampler(kind: str, seed: int, population_size: int = 20, n_startup_tria
         return optuna.samplers.TPESampler(seed=seed, n_startup_trials=n_startup_trials)
     if kind == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
-    raise ConfigError(f"unknown Optuna sampler {kind!r}; valid: nsga2, tpe")
+    raise ConfigError(f"unknown Optuna sampler {kind!r}; valid: {', '.join(SAMPLERS)}")
 
 
 def open_study(ctx: SearchContext, sampler: Any) -> Any:
