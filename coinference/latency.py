@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from coinference.errors import ConfigError
+from coinference.errors import ConfigError, UnknownNameError
 from coinference.registry import Registry
 from coinference.variant import Measurement
 
@@ -200,7 +200,11 @@ def calibrate_local(seconds: float = 1.0) -> DeviceProfile:
 
 def device_profile(name: str) -> DeviceProfile:
     """A built-in device profile, or ``local`` calibrated now by timing."""
-    return calibrate_local() if name == "local" else DEVICES.get(name)
+    if name == "local":
+        return calibrate_local()
+    if name not in DEVICES:
+        raise UnknownNameError(f"unknown device profile {name!r}; valid: {', '.join(device_names())}")
+    return DEVICES.get(name)
 
 
 def device_names() -> list[str]:
@@ -214,6 +218,8 @@ _UNITS = {
     "kb/s": 1e3, "mb/s": 1e6, "gb/s": 1e9, "kib/s": 1024, "mib/s": 1024**2, "gib/s": 1024**3,
     "kbit/s": 1e3 / 8, "mbit/s": 1e6 / 8, "gbit/s": 1e9 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
 }  # fmt: skip
+BANDWIDTH_RANGE = (1.0, 1e12)
+"""Rates (bytes/s) a link may have: from 1 B/s to 1 TB/s; anything outside is a typo, not a link."""
 _BW = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z/]*)\s*$", re.IGNORECASE)
 
 
@@ -235,6 +241,8 @@ def parse_bandwidth(text: str | float) -> float:
         if not m or (unit and unit not in _UNITS):
             raise ConfigError(f"cannot parse bandwidth {text!r} (try e.g. 40KB/s, 5 Mbit/s, 125000)")
         value = float(m.group(1)) * (_UNITS[unit] if unit else 1.0)
-    if not value > 0 or not math.isfinite(value):
-        raise ConfigError(f"bandwidth must be > 0, got {text!r}")
+    if not math.isfinite(value):
+        raise ConfigError(f"bandwidth must be finite, got {text!r}")
+    if not BANDWIDTH_RANGE[0] <= value <= BANDWIDTH_RANGE[1]:
+        raise ConfigError(f"bandwidth must be between 1 B/s and 1 TB/s, got {text!r} ({value:.3g} bytes/s)")
     return value

@@ -11,8 +11,10 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from coinference.codec.config import CODEBOOKS
 from coinference.errors import ConfigError
+
+CODEBOOKS = ("channel", "shared")
+"""Scalar-quantizer codebooks: one per latent channel, or one shared (the paper's)."""
 
 CODEC_KINDS = ("none", "huffman", "sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp")
 FIDELITIES = ("smoke", "fast", "full")
@@ -240,8 +242,10 @@ def codec_for_ratio(feature_shape: tuple[int, ...], ratio: float, bits: int = 2,
     Raises:
         ConfigError: ratio < 1 or a payload larger than the raw feature.
     """
-    if not ratio >= 1:
-        raise ConfigError(f"compression ratio must be ≥ 1, got {ratio}")
+    if not (ratio >= 1 and math.isfinite(ratio)):
+        raise ConfigError(f"compression ratio must be a finite number ≥ 1, got {ratio}")
+    if bits < 1:
+        raise ConfigError(f"codec bits must be ≥ 1, got {bits}")
     raw_bits = math.prod(feature_shape) * 32
     symbols = max(1, math.ceil(raw_bits / (ratio * bits)))
     numel = math.prod(feature_shape)

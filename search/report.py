@@ -13,7 +13,7 @@ from rich.table import Table as RichTable
 
 from coinference.latency import SERVERS, Link, device_profile
 from search.space import SearchSpace
-from storage.query import default_floor, floor_label
+from storage.query import floor_label, resolve_floor
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
     front = pareto_front(records)
     device = device_profile(cfg.device)
     # the run's --accuracy-floor, else the best accuracy that fits the device − 0.02 (the base's is not known here)
-    floor = cfg.accuracy_floor if cfg.accuracy_floor is not None else default_floor(records, device)
+    floor = resolve_floor(records, cfg.accuracy_floor, device)
     server = SERVERS.get("rtx2080ti")
     choices = []
     for bw in cfg.bandwidths:

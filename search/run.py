@@ -16,6 +16,7 @@ from coinference.errors import ConfigError
 from coinference.variant import VariantSpec
 from coinference.zoo import DEFAULT_MODEL, MODELS, file_sha256
 from search.evaluator import CachedEvaluator, Evaluate, Outcome, Table
+from search.runs import run_name, write_last_run
 from search.searchers import SEARCHERS, SearchContext, SearchOptions
 from search.space import SearchSpace
 
@@ -58,6 +59,8 @@ class SearchConfig:
     """Overrides of :class:`SearchSpace` levels (sparsities, ratios, bits, activation_sparsities, splits)."""
     options: SearchOptions = field(default_factory=SearchOptions)
     """Searcher-specific settings."""
+    retry_failed: bool = False
+    """Rebuild the variants the table holds as failed (once each) instead of answering from the table."""
 
     @property
     def run_dir(self) -> Path:
@@ -118,6 +121,29 @@ def open_run_table(cfg: SearchConfig) -> Table:
     return open_table(url, name=cfg.name)
 
 
+def run_identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, str]:
+    """What a run name stands for and may not change between invocations: searcher, fidelity and space."""
+    space_text = f"{space.describe()}; codec {space.codec_kind}; weights {space.weights_sha256 or 'trained here'}"
+    return {"searcher": cfg.searcher, "fidelity": cfg.fidelity, "space": space_text}
+
+
+def check_same_run(run_dir: Path, identity: dict[str, str]) -> None:
+    """A run folder that exists was made with the same searcher, fidelity and space, or it is an error naming both
+    values (a reused name or --resume would otherwise mix them in one ledger and one front)."""
+    try:
+        before = json.loads((run_dir / "config.json").read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):
+        return  # a new run, or one written before runs recorded their identity
+    if not isinstance(before, dict):
+        return
+    for what in ("fidelity", "searcher", "space"):
+        if what in before and before[what] != identity[what]:
+            raise ConfigError(
+                f"run {run_dir.name!r} was made with {what} {before[what]!r}, not {identity[what]!r}: "
+                "give another --name (or remove the run folder)"
+            )
+
+
 def run_search(
     cfg: SearchConfig,
     evaluate: Evaluate | None = None,
@@ -137,16 +163,21 @@ def run_search(
         report: write the Pareto plot and report.md.
 
     Raises:
-        ConfigError: unknown searcher, a bad budget, or --resume with nothing to resume.
+        ConfigError: unknown searcher, a bad budget or run name, --resume with nothing to resume, or a run name
+            already used with another searcher, fidelity or space.
     """
     searcher = SEARCHERS.get(cfg.searcher)()
+    run_name(cfg.name)
     if cfg.trials < 1:
         raise ConfigError(f"--trials must be ≥ 1, got {cfg.trials}")
     run_dir = cfg.run_dir
     if cfg.resume and not (run_dir / "evaluations.jsonl").exists():
         raise ConfigError(f"nothing to resume: {run_dir / 'evaluations.jsonl'} does not exist")
-    run_dir.mkdir(parents=True, exist_ok=True)
     space = space or make_space(cfg)
+    identity = run_identity(cfg, space)
+    check_same_run(run_dir, identity)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_last_run(cfg.runs_root, cfg.name)
     own_table = table is None
     table = table or open_run_table(cfg)
     t0 = time.perf_counter()
@@ -154,9 +185,10 @@ def run_search(
         artifacts = None
         if evaluate is None:
             evaluate, artifacts = default_evaluator(cfg)
-        ev = CachedEvaluator(table, evaluate, cfg.name, on_outcome, artifacts)
+        ev = CachedEvaluator(table, evaluate, cfg.name, on_outcome, artifacts, retry_failed=cfg.retry_failed)
         ctx = SearchContext(space, ev, cfg.trials, run_dir, cfg.resume, cfg.seed, cfg.accuracy_floor, cfg.options)
-        (run_dir / "config.json").write_text(json.dumps(_jsonable(asdict(cfg)), indent=1, default=str))
+        doc = {**_jsonable(asdict(cfg)), "identity": identity}
+        (run_dir / "config.json").write_text(json.dumps(doc, indent=1, default=str))
         if cfg.resume:
             ctx.finish_interrupted()
         searcher.run(ctx)

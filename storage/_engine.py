@@ -75,7 +75,7 @@ def _on_sqlite_begin(conn: Connection) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
 
-def create_engine(url: URL) -> Engine:
+def create_engine(url: URL, wal: bool = True) -> Engine:
     """An engine for ``url``: SQLite files get WAL, a busy timeout and foreign keys; in-memory SQLite one shared
     connection (callers serialise access); other back ends their dialect's defaults."""
     kwargs: dict[str, Any] = {}
@@ -96,7 +96,7 @@ def create_engine(url: URL) -> Engine:
     except (ArgumentError, ValueError, TypeError) as e:
         raise StorageError(f"bad database URL {display(url)!r}: {e}") from None
     if url.get_backend_name() == "sqlite":
-        event.listen(engine, "connect", _on_sqlite_connect(wal=not is_sqlite_memory(url)))
+        event.listen(engine, "connect", _on_sqlite_connect(wal=wal and not is_sqlite_memory(url)))
         event.listen(engine, "begin", _on_sqlite_begin)
     return engine
 
@@ -122,7 +122,9 @@ def prepare(url: URL, create: bool) -> Engine:
             raise StorageError(f"no lookup table at {path} (run a search first, or pass --db)")
         if create:
             path.parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+    # Only a table being created is switched to WAL (a persistent setting of the file): opening an existing file
+    # never rewrites it, so a mistyped --db that names some other SQLite file is left as it was.
+    engine = create_engine(url, wal=create)
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(coinfer_write=True)

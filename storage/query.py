@@ -68,6 +68,16 @@ def default_floor(
     return max(accs) - margin if accs else None
 
 
+def resolve_floor(
+    records: Sequence[VariantRecord], min_accuracy: float | None, device: DeviceProfile | None = None
+) -> float | None:
+    """The one accuracy floor of ``pareto``, ``query``, ``export`` and a search's report: ``min_accuracy`` when
+    given (0 means no floor), else :func:`default_floor` over ``records`` for ``device``."""
+    if min_accuracy is None:
+        return default_floor(records, device)
+    return min_accuracy or None
+
+
 def floor_label(floor: float | None) -> str:
     """The accuracy floor as every command and report prints it: ``accuracy ≥ 0.8800`` or ``no accuracy floor``."""
     return f"accuracy ≥ {floor:.4f}" if floor is not None else "no accuracy floor"

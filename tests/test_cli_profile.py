@@ -34,7 +34,7 @@ def test_bad_inputs_exit_2_with_one_line(run_cli, tmp_path: Path) -> None:
         (("profile", "--model", "resnet20", "--dataset", "imagenet"), "unknown data set 'imagenet'; valid:"),
         (
             ("profile", "--model", "resnet20", "--data-dir", str(tmp_path / "no")),
-            "data directory does not exist",
+            "does not exist",
         ),
     ]
     bad = tmp_path / "bad.th"

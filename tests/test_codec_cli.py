@@ -35,7 +35,7 @@ def test_encode_jscc_table(run_cli) -> None:
         (("--split", "3", "--dim", "4", "--channel", "bsc", "--p", "0.9"), "p 0.9 out of range"),
         (("--split", "3", "--channel", "wifi"), "channel 'wifi' unknown"),
         (("--split", "9"), "split point '9' does not exist"),
-        (("--split", "2", "--codebook", "per-pixel"), "codebook 'per-pixel' unknown; valid: channel, shared"),
+        (("--split", "2", "--codebook", "per-pixel"), "unknown codebook 'per-pixel'; valid: channel, shared"),
     ],
 )
 def test_encode_bad_input_is_one_line_exit_2(run_cli, args, msg) -> None:

@@ -68,7 +68,7 @@ def test_parse_bandwidth_rejects(text) -> None:
 
 def test_profiles() -> None:
     assert device_profile("rpi3").macs_per_s == 12e9 and device_profile("rpi3").memory_bytes == 1 << 30
-    with pytest.raises(UnknownNameError, match="unknown device profile 'jetson'; valid: mcu, rpi3"):
+    with pytest.raises(UnknownNameError, match="unknown device profile 'jetson'; valid: local, mcu, rpi3"):
         device_profile("jetson")
     local = calibrate_local(0.05)
     assert local.macs_per_s > 1e6 and local.memory_bytes > 1 << 20

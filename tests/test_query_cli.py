@@ -107,10 +107,14 @@ def test_bad_inputs_exit_2_with_one_line(run_cli, db, tmp_path: Path) -> None:
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     open_table(empty).close()
     cases = [
-        (("query", "--db", "::nope::", "-b", "40KB/s"), "malformed database URL"),
+        (("query", "--db", "::nope::", "-b", "40KB/s"), "no lookup table at"),
+        (
+            ("query", "--db", "postgresql+psycopg://u@/x?host=/nonexistent&port=1", "-b", "40KB/s"),
+            "cannot open lookup table",
+        ),
         (("query", "--db", f"sqlite:///{newer}", "-b", "40KB/s"), "newer than this coinference"),
         (("query", "--db", url, "-b", "fast"), "cannot parse bandwidth 'fast'"),
-        (("query", "--db", url, "-b", "0KB/s"), "bandwidth must be > 0"),
+        (("query", "--db", url, "-b", "0KB/s"), "bandwidth must be between 1 B/s and 1 TB/s"),
         (("query", "--db", url, "-b", "-5KB/s"), "cannot parse bandwidth"),
         (("query", "--db", url, "-b", "40KB/s", "--device", "toaster"), "unknown device profile 'toaster'; valid:"),
         (("query", "--db", url, "-b", "40KB/s", "--server", "cray"), "unknown server profile 'cray'"),
@@ -119,7 +123,7 @@ def test_bad_inputs_exit_2_with_one_line(run_cli, db, tmp_path: Path) -> None:
         (("query", "--db", empty, "-b", "40KB/s"), "no measured (status ok) variant"),
         (("pareto", "--db", empty), "no measured (status ok) variant"),
         (("query", "--db", f"sqlite:///{tmp_path / 'typo.db'}", "-b", "1KB/s"), "no lookup table at"),
-        (("show", "zzzz", "--db", url), "must be at least 4 hex digits"),
+        (("show", "zzzz", "--db", url), "must be a key or a prefix of 4-64 hex digits"),
         (("show", "0000000", "--db", url), "no variant with key '0000000'"),
         (("export", "--db", empty, "-b", "40KB/s", "--out", str(tmp_path / "x")), "no measured"),
     ]

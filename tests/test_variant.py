@@ -91,7 +91,7 @@ def test_codec_for_ratio(shape, ratio, bits, expect) -> None:
 
 
 def test_codec_for_ratio_errors() -> None:
-    with pytest.raises(ConfigError, match="ratio must be ≥ 1, got 0.5"):
+    with pytest.raises(ConfigError, match="ratio must be a finite number ≥ 1, got 0.5"):
         codec_for_ratio((8, 4, 4), 0.5)
     with pytest.raises(ConfigError, match="more than the feature's"):
         codec_for_ratio((8, 4, 4), 2, bits=8)

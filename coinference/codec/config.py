@@ -6,10 +6,10 @@ from dataclasses import asdict, dataclass
 
 from coinference.errors import ConfigError
 from coinference.train import KD_TEMPERATURE
+from coinference.variant import CODEBOOKS
 
 KINDS = ("sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp", "huffman", "none")
 BOTTLENETPP_CHANNELS = ("none", "awgn", "erasure")
-CODEBOOKS = ("channel", "shared")
 SNR_RANGE_DB = (-10.0, 40.0)
 """SNRs (dB, per real channel symbol) accepted anywhere; outside it the message names the bad value."""
 P_RANGE = (0.0, 0.5)

@@ -38,8 +38,15 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/garbage/unsafe files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"corrupt or unsafe checkpoint {p}: {first}") from None
+        text = " ".join(str(e).split())
+        if "weights only load failed" in text.lower():
+            # torch's message suggests weights_only=False, which would run code from a file we do not trust.
+            why = text.split("WeightsUnpickler error:", 1)[-1].split(" Check the documentation")[0].strip()
+            raise CheckpointError(
+                f"corrupt or unsafe checkpoint {p}: not a plain state dict of tensors ({why or 'unreadable'}); "
+                "refused, since loading anything else would run code from the file"
+            ) from None
+        raise CheckpointError(f"corrupt or unsafe checkpoint {p}: {text[:200] or type(e).__name__}") from None
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):

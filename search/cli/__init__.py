@@ -33,10 +33,36 @@ from search.cli import search  # noqa: E402,F401
 from search.cli import prune  # noqa: E402,F401
 
 
-def main() -> None:
-    """Entry point: any :class:`CoinferenceError` becomes one line on stderr and exit code 2."""
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _bad_input(e: BaseException) -> str:
+    """``(got 'abc')`` for a value Typer could not convert (its message leaves the value out)."""
+    errors = getattr(e.__cause__, "errors", None)
     try:
-        app()
-    except CoinferenceError as e:
-        print(f"coinfer: error: {e}", file=sys.stderr)
+        value = errors()[0]["input"] if callable(errors) else None
+    except (IndexError, KeyError, TypeError):
+        value = None
+    return f" (got {value!r})" if value is not None else ""
+
+
+def main() -> None:
+    """Entry point. Every error is one line on stderr: a :class:`CoinferenceError` or a usage error (unknown
+    option, bad type) exits 2; Ctrl-C exits 130. Heavy libraries are imported by the commands themselves, so
+    ``--help`` and argument errors answer at once."""
+    try:
+        code = app(standalone_mode=False, prog_name="coinfer")
+    except typer.TyperException as e:  # usage errors: Typer would draw a multi-line box
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `coinfer`: the help, as `coinfer --help` prints it
+            print(e.format_message())
+            sys.exit(0)
+        print(f"coinfer: error: {_one_line(e.format_message())}{_bad_input(e)}", file=sys.stderr)
         sys.exit(2)
+    except CoinferenceError as e:
+        print(f"coinfer: error: {_one_line(str(e))}", file=sys.stderr)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        print("coinfer: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

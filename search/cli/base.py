@@ -7,34 +7,47 @@ from typing import Annotated
 
 import typer
 
-from coinference.base import DEFAULT_MARGIN, prepare_base
-from coinference.data import DATASETS
-from coinference.train import TrainConfig
-from coinference.zoo import DEFAULT_MODEL, MODELS
-from search.cli import app
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, console
+from search.cli import app, names, validate
+from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+
+DEFAULT_MARGIN = 0.02
+"""``coinference.base.DEFAULT_MARGIN`` (tests/test_cli_names.py keeps them equal)."""
 
 
 @app.command()
 def base(
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = names.DEFAULT_MODEL,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    epochs: Annotated[float, typer.Option(help="Training epochs (fractions allowed).")] = 1.0,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, one-cycle).")] = 0.02,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
-    subset: Annotated[int | None, typer.Option(help="Train on a fixed random subset of N images.")] = None,
+    epochs: Annotated[float, typer.Option(help="Training epochs (> 0, fractions allowed).")] = 1.0,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, one-cycle; > 0).")] = 0.02,
+    batch_size: Annotated[int, typer.Option(help="Images per step (≥ 1).")] = 128,
+    subset: Annotated[int | None, typer.Option(help="Train on a fixed random subset of N ≥ 1 images.")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    margin: Annotated[float, typer.Option(help="Variants must reach base accuracy minus this.")] = DEFAULT_MARGIN,
+    margin: Annotated[
+        float, typer.Option(help="Variants must reach base accuracy minus this, in [0, 1).")
+    ] = DEFAULT_MARGIN,
     out: Annotated[Path | None, typer.Option(help="Checkpoint path (default runs/base/MODEL-DATASET.pt).")] = None,
 ) -> None:
     """Prepare the base model: fine-tune --weights (or train from scratch) and record its test accuracy."""
-    name = dataset or MODELS.get(model).dataset
-    DATASETS.get(name)
-    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, subset=subset, seed=seed, schedule="onecycle")
+    name = check_model_data(model, weights, dataset, data_dir)
+    validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
+    validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
+    validate.at_least("--batch-size", batch_size, 1)
+    if subset is not None:
+        validate.at_least("--subset", subset, 1)
+    check_seed(seed)
+    validate.in_range("--margin", margin, 0.0, 1.0, high_open=True)
     path = out or Path("runs/base") / f"{model}-{name}.pt"
-    b = prepare_base(model, name, cfg, weights, data_dir, path)
+    validate.writable_file("--out", path)
+    from coinference.base import prepare_base
+    from coinference.train import TrainConfig
+    from search.cli.progress import cli_progress
+
+    cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, subset=subset, seed=seed, schedule="onecycle")
+    with cli_progress():
+        b = prepare_base(model, name, cfg, weights, data_dir, path)
     c = console()
     if b.accuracy_before is not None:
         c.print(f"accuracy before: {100 * b.accuracy_before:.2f}%")

@@ -9,19 +9,16 @@ from typing import Annotated
 
 import typer
 
-from coinference.build import Builder
-from coinference.data import DATASETS
-from coinference.profile import profile_model
-from coinference.variant import CODEC_KINDS, CodecSpec, VariantSpec, codec_for_ratio
-from coinference.zoo import DEFAULT_MODEL, MODELS, build_model, file_sha256
-from search.cli import app
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, console
+from coinference.errors import ConfigError
+from coinference.variant import CODEC_KINDS, FIDELITIES, PRUNING_METHODS, SCHEDULES, CodecSpec, VariantSpec
+from search.cli import app, names, validate
+from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
 
 
 @app.command()
 def build(
     split: Annotated[str, typer.Option(help="Split point (name or index; see `coinfer profile`).")],
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = names.DEFAULT_MODEL,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
@@ -47,9 +44,37 @@ def build(
     as_json: Annotated[bool, typer.Option("--json", help="Print spec and measurement as JSON.")] = False,
 ) -> None:
     """Build one variant (prune → codec → measure) and print its Measurement (cached by spec hash)."""
-    name = dataset or MODELS.get(model).dataset
-    DATASETS.get(name)
-    net = build_model(model)
+    name = check_model_data(model, weights, dataset, data_dir)
+    validate.in_range("--sparsity", sparsity, 0.0, 1.0, high_open=True)
+    validate.in_range("--activation-sparsity", activation_sparsity, 0.0, 1.0, high_open=True)
+    names.check("schedule", schedule, SCHEDULES)
+    names.check("pruning method", pruning, PRUNING_METHODS)
+    names.check("codec kind", codec, CODEC_KINDS)
+    names.check("fidelity", fidelity, FIDELITIES)
+    if ratio is not None:
+        validate.in_range("--ratio", ratio, 1.0, 1e9)
+        if channels is not None or dim is not None:
+            raise ConfigError("give either --ratio or --channels/--dim, not both")
+    for opt, v in (("--channels", channels), ("--dim", dim)):
+        if v is not None:
+            validate.at_least(opt, v, 1)
+    validate.at_least("--stride", stride, 1)
+    validate.in_range("--bits", bits, 1, 16)
+    if snr is not None:
+        validate.in_range("--snr", snr, -10.0, 40.0)
+    if p is not None:
+        validate.in_range("--p", p, 0.0, 0.5, high_open=True)
+    check_seed(seed)
+    validate.writable_dir("--cache-dir", cache_dir)
+    from coinference.build import Builder
+    from coinference.profile import profile_model
+    from coinference.variant import codec_for_ratio
+    from coinference.zoo import MODELS, file_sha256
+    from search.cli.common import model_and_data
+    from search.cli.progress import cli_progress
+
+    # a checkpoint that does not load or does not fit, or a missing data folder, fails before any work
+    _, net, _ = model_and_data(model, weights, name, data_dir, need_data=True)
     point = net.split_point(split)
     if ratio is not None:
         shape = next(s.feature_shape for s in profile_model(net, MODELS.get(model).input_shape).splits
@@ -62,7 +87,8 @@ def build(
         model, name, point.name, file_sha256(weights) if weights else None, sparsity, schedule, pruning,
         activation_sparsity, cspec, fidelity, seed,
     )  # fmt: skip
-    m = Builder(weights, data_dir, cache_dir).measure(spec)
+    with cli_progress():
+        m = Builder(weights, data_dir, cache_dir).measure(spec)
     if as_json:
         typer.echo(json.dumps({"key": spec.key, "spec": spec.to_dict(), "measurement": m.to_dict()}, indent=2))
         return
@@ -74,3 +100,4 @@ def build(
     c.print(f"  server MACs     {m.server_macs:,} (decoder {m.decoder_macs:,})")
     c.print(f"  device memory   {m.device_param_bytes:,} B params + {m.device_peak_activation_bytes:,} B activations")
     c.print(f"  built in        {m.train_seconds:.1f} s")
+    c.print(f"cache: {cache_dir / 'variants' / spec.key} (pruned head and codec, for export)")

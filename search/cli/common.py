@@ -3,25 +3,55 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 
-from coinference.base import checkpoint_normalization
-from coinference.data import DATASETS, ImageData, load_dataset
-from coinference.zoo import MODELS, ModelInfo, SplittableModel, build_model
+from search.cli import names, validate
 
-ModelOpt = Annotated[str, typer.Option("--model", "-m", help=f"Model: {', '.join(MODELS.names())}.")]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from coinference.data import ImageData
+    from coinference.zoo import ModelInfo, SplittableModel
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help=f"Model: {', '.join(names.MODELS)}.")]
 WeightsOpt = Annotated[Path | None, typer.Option("--weights", "-w", help="State-dict checkpoint to load.")]
 DatasetOpt = Annotated[
     str | None,
-    typer.Option("--dataset", "-d", help=f"Data set: {', '.join(DATASETS.names())} (default: the model's)."),
+    typer.Option("--dataset", "-d", help=f"Data set: {', '.join(names.DATASETS)} (default: the model's)."),
 ]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder of a file-backed data set (cifar10).")]
+SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
+
+
+def check_model_data(model: str, weights: Path | None, dataset: str | None, data_dir: Path | None) -> str:
+    """Names and paths of --model/--weights/--dataset/--data-dir checked before any import or work; returns the
+    data set's name (the model's own when --dataset is not given)."""
+    names.check("model", model, names.MODELS)
+    if dataset is not None:
+        names.check("data set", dataset, names.DATASETS)
+    if weights is not None:
+        validate.readable_file("--weights", weights)
+    if data_dir is not None:
+        validate.existing_dir("--data-dir", data_dir)
+    from coinference.zoo import MODELS  # the model's default data set
+
+    return dataset or MODELS.get(model).dataset
+
+
+def check_seed(seed: int) -> int:
+    """A seed torch and numpy both accept: 0 ≤ seed < 2**32."""
+    if not 0 <= seed < 2**32:
+        from coinference.errors import ConfigError
+
+        raise ConfigError(f"--seed must be in [0, 2**32), got {seed}")
+    return seed
 
 
 def _recorded_normalization(weights: Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    from coinference.base import checkpoint_normalization
+
     try:
         return checkpoint_normalization(weights)
     except Exception:  # unreadable: build_model reports it with a clear message
@@ -38,11 +68,14 @@ def model_and_data(
     else the one the model's common public checkpoints use (ImageNet statistics for the CIFAR ResNets), replaces
     the data set's.
     """
+    from coinference.data import DATASETS, load_dataset
+    from coinference.zoo import MODELS, build_model
+
     info = MODELS.get(model)
     name = dataset or info.dataset
     DATASETS.get(name)  # fail early on an unknown name
     data = None
-    if need_data or data_dir is not None or name in ("digits", "synthetic"):
+    if need_data or data_dir is not None or name in names.EMBEDDED_DATASETS:
         data = load_dataset(name, data_dir)
         if weights is not None:
             norm = _recorded_normalization(weights) or info.checkpoint_normalization
@@ -59,5 +92,7 @@ def model_and_data(
 
 def console() -> Console:
     """A rich console; wide when writing to a pipe or file so tables are not cut."""
+    from rich.console import Console
+
     c = Console()
     return c if c.is_terminal else Console(width=200)

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from rich.table import Table
 
-from coinference.codec import KINDS, CodecConfig, evaluate_codec, train_codec
 from coinference.errors import ConfigError
-from coinference.evaluate import accuracy
-from coinference.profile import count_macs
-from coinference.train import TrainConfig, fit
-from coinference.zoo import DEFAULT_MODEL, split_model
-from search.cli import app
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, console, model_and_data
+from coinference.variant import CODEBOOKS
+from search.cli import app, names, validate
+from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+
+if TYPE_CHECKING:
+    from coinference.codec import CodecConfig
+
+KINDS = names.CODEC_KINDS
 
 CHANNEL_CHOICES = ("none", "awgn", "bsc", "erasure")
 
@@ -26,6 +25,8 @@ def codec_config(
     kind: str, channel: str, snr: float, p: float, channels: int | None, dim: int | None, stride: int, bits: int
 ) -> CodecConfig:
     """Map --kind/--channel to a :class:`CodecConfig`: sq/vq over awgn/bsc become learned JSCC."""
+    from coinference.codec import CodecConfig
+
     sizes = {"channels": channels, "dim": dim, "stride": stride, "bits": bits}
     if channel not in CHANNEL_CHOICES:
         raise ConfigError(f"channel {channel!r} unknown; valid: {', '.join(CHANNEL_CHOICES)}")
@@ -49,7 +50,7 @@ def codec_config(
 @app.command()
 def encode(
     split: Annotated[str, typer.Option("--split", "-s", help="Split point: name (layer1.2) or index.")],
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = names.DEFAULT_MODEL,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
@@ -76,6 +77,33 @@ def encode(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Train a codec at a split point (head frozen) and print accuracy, bits per sample (from bytes), MACs."""
+    check_model_data(model, weights, dataset, data_dir)
+    names.check("codebook", codebook, CODEBOOKS)
+    for opt, v in (("--channels", channels), ("--dim", dim)):
+        if v is not None:
+            validate.at_least(opt, v, 1)
+    validate.at_least("--stride", stride, 1)
+    validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
+    validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
+    validate.in_range("--base-epochs", base_epochs, 0.0, 10_000.0, low_open=True)
+    if steps is not None:
+        validate.at_least("--steps", steps, 1)
+    validate.at_least("--batch-size", batch_size, 1)
+    if subset is not None:
+        validate.at_least("--subset", subset, 1)
+    if test_limit is not None:
+        validate.at_least("--test-limit", test_limit, 1)
+    check_seed(seed)
+    import torch
+
+    from coinference.codec import evaluate_codec, train_codec
+    from coinference.evaluate import accuracy
+    from coinference.profile import count_macs
+    from coinference.train import TrainConfig, fit
+    from coinference.zoo import split_model
+    from search.cli.common import model_and_data
+    from search.cli.progress import cli_progress
+
     cfg = replace(codec_config(kind, channel, snr, p, channels, dim, stride, bits), codebook=codebook)
     if finetune_tail:
         cfg = replace(cfg, finetune_tail=True)
@@ -86,22 +114,29 @@ def encode(
     _, net, data = model_and_data(model, weights, dataset, data_dir, need_data=True)
     assert data is not None
     point = net.split_point(split)  # a bad split fails before any training
+    if cfg.kind not in ("none", "huffman"):  # codec sizes that do not fit the split's feature, also before training
+        from coinference.codec.bottleneck import latent_shape
+        from coinference.profile import profile_model
+
+        feature = next(s.feature_shape for s in profile_model(net, data.input_shape).splits if s.index == point.index)
+        latent_shape(feature, cfg.channels, cfg.dim, cfg.stride)
     if test_limit is not None:
         if test_limit < 1:
             raise ConfigError(f"--test-limit must be >= 1, got {test_limit}")
         data = replace(data, test_x=data.test_x[:test_limit], test_y=data.test_y[:test_limit])
     torch.manual_seed(seed)
-    if weights is None:
-        fit(net, data, TrainConfig(lr=0.05, epochs=base_epochs, seed=seed))
-    net.eval()
-    base_acc = accuracy(net, data)
-    with torch.no_grad(), count_macs(net) as total:
-        net(torch.zeros(1, *data.input_shape))
-    head, tail = split_model(net, point)
-    with torch.no_grad(), count_macs(head) as dev:
-        head(torch.zeros(1, *data.input_shape))
-    tc = train_codec(head, tail, data, cfg, train)
-    ev = evaluate_codec(tc, head, data)
+    with cli_progress():
+        if weights is None:
+            fit(net, data, TrainConfig(lr=0.05, epochs=base_epochs, seed=seed))
+        net.eval()
+        base_acc = accuracy(net, data)
+        with torch.no_grad(), count_macs(net) as total:
+            net(torch.zeros(1, *data.input_shape))
+        head, tail = split_model(net, point)
+        with torch.no_grad(), count_macs(head) as dev:
+            head(torch.zeros(1, *data.input_shape))
+        tc = train_codec(head, tail, data, cfg, train)
+        ev = evaluate_codec(tc, head, data)
     res = {
         "model": model,
         "split": point.name,
@@ -116,6 +151,8 @@ def encode(
     if as_json:
         typer.echo(json.dumps(res, indent=2))
         return
+    from rich.table import Table
+
     c = console()
     t = Table(title=f"{model} split after {point.name}: {cfg.kind}, feature {'×'.join(map(str, tc.feature_shape))}")
     t.add_column("")

@@ -7,28 +7,29 @@ from typing import Annotated
 
 import typer
 
-from coinference.data import load_dataset
-from coinference.export import Normalization
-from coinference.zoo import MODELS
-from search.cli import app
+from coinference.errors import ConfigError
+from search.cli import app, validate
 from search.cli.common import DataDirOpt, console
 from search.cli.table_options import (
     BandwidthOpt,
     DbOpt,
     DeviceOpt,
+    FidelityOpt,
     MinAccOpt,
     NameOpt,
     RttOpt,
+    RunsRootOpt,
     ServerOpt,
-    accuracy_floor,
+    check_fidelity,
+    check_min_accuracy,
+    check_profiles,
     link,
+    locate,
+    of_fidelity,
     profiles,
     read_table,
 )
-from storage.export import export_record
-from storage.plots import fmt_rate
-from storage.query import floor_label
-from storage.query import query as run_query
+from search.runs import DEFAULT_RUNS_ROOT
 
 
 @app.command()
@@ -36,21 +37,41 @@ def export(
     bandwidth: BandwidthOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the packages and manifest.json.")],
     db: DbOpt = None,
-    name: NameOpt = "default",
+    name: NameOpt = None,
+    runs_root: RunsRootOpt = DEFAULT_RUNS_ROOT,
     device: DeviceOpt = "rpi3",
     server: ServerOpt = "rtx2080ti",
     rtt: RttOpt = 0.0,
     min_accuracy: MinAccOpt = None,
+    fidelity: FidelityOpt = None,
     data_dir: DataDirOpt = None,
-    verify_images: Annotated[int, typer.Option(min=1, help="Test images the export is verified on.")] = 64,
+    verify_images: Annotated[int, typer.Option(help="Test images the export is verified on (≥ 1).")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export in --out.")] = False,
 ) -> None:
     """Export the best variant for --bandwidth/--device as TorchScript + ONNX packages, verified by onnxruntime."""
-    dev, srv = profiles(device, server)
+    check_profiles(device, server)
+    check_min_accuracy(min_accuracy)
+    check_fidelity(fidelity)
+    validate.at_least("--verify-images", verify_images, 1)
     lk = link(bandwidth, rtt)
-    with read_table(db, name) as table:
-        records = table.variants(status="ok")
-        floor = accuracy_floor(records, min_accuracy, dev)
+    validate.writable_dir("--out", out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ConfigError(f"--out {str(out)!r} is not empty (add --force to replace the export in it)")
+    if data_dir is not None:
+        validate.existing_dir("--data-dir", data_dir)
+    ref = locate(db, name, runs_root)
+    dev, srv = profiles(device, server)
+    from coinference.data import load_dataset
+    from coinference.export import Normalization
+    from coinference.zoo import MODELS
+    from storage.export import export_record
+    from storage.plots import fmt_rate
+    from storage.query import floor_label, resolve_floor
+    from storage.query import query as run_query
+
+    with read_table(ref) as table:
+        records = of_fidelity(table.variants(status="ok"), fidelity)
+        floor = resolve_floor(records, min_accuracy, dev)
         res = run_query(records, lk, dev, srv, floor, runners_up=0)
         rec = res.best.record
         assert rec.measurement is not None
@@ -79,9 +100,12 @@ def export(
             "server_profile": {"macs_per_s": srv.macs_per_s, "source": srv.source},
         }
         images = data.normalize(data.test_x[:verify_images])
-        manifest, report = export_record(
-            rec, out, images, data.input_shape, Normalization(data.mean, data.std), extra, overwrite=force
-        )
+        from search.cli.progress import cli_progress
+
+        with cli_progress():
+            manifest, report = export_record(
+                rec, out, images, data.input_shape, Normalization(data.mean, data.std), extra, overwrite=force
+            )
         table.add_artifacts(rec.key, {"export/manifest": manifest})
     con = console()
     con.print(

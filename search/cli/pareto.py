@@ -7,65 +7,90 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from coinference.latency import feasible
-from search.cli import app
+from search.cli import app, validate
 from search.cli.common import console
 from search.cli.table_options import (
     DbOpt,
     DeviceOpt,
+    FidelityOpt,
     MinAccOpt,
     NameOpt,
     RttOpt,
+    RunsRootOpt,
     ServerOpt,
+    check_fidelity,
+    check_min_accuracy,
+    check_profiles,
+    check_rtt,
+    fidelity_note,
     fmt_count,
+    locate,
+    of_fidelity,
     profiles,
     read_table,
 )
-from storage import EmptyTableError, NoFeasibleVariantError
-from storage.pareto import OBJECTIVES, hypervolume, measured, pareto_front, pareto_ranks, reference_point
-from storage.plots import fmt_rate, plot_front
-from storage.query import BandwidthChoice, bandwidth_table
+from search.runs import DEFAULT_RUNS_ROOT
 
 
 @app.command()
 def pareto(
     db: DbOpt = None,
-    name: NameOpt = "default",
+    name: NameOpt = None,
+    runs_root: RunsRootOpt = DEFAULT_RUNS_ROOT,
     device: DeviceOpt = "rpi3",
     server: ServerOpt = "rtx2080ti",
     rtt: RttOpt = 0.0,
     min_accuracy: MinAccOpt = None,
-    out: Annotated[Path | None, typer.Option(help="PNG of the front (default: runs/<name>/pareto.png).")] = None,
+    fidelity: FidelityOpt = None,
+    out: Annotated[
+        Path | None, typer.Option(help="PNG of the front (default: pareto-<device>.png beside the table).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the front as JSON instead.")] = False,
 ) -> None:
     """Pareto front over (accuracy ↑, device MACs ↓, bits ↓) of the variants that fit --device, as a table and a
-    plot with the variant chosen at each bandwidth marked."""
+    plot with the variant chosen at each bandwidth marked (the same floor and chooser as `query` and `export`)."""
+    check_profiles(device, server)
+    check_rtt(rtt)
+    check_min_accuracy(min_accuracy)
+    check_fidelity(fidelity)
+    ref = locate(db, name, runs_root)
+    png = out or ref.home / f"pareto-{device}.png"
+    if not as_json:
+        validate.writable_file("--out", png)
     dev, srv = profiles(device, server)
-    with read_table(db, name) as table:
-        records = table.variants()
+    from coinference.latency import feasible
+    from storage import EmptyTableError, NoFeasibleVariantError
+    from storage.pareto import OBJECTIVES, hypervolume, measured, pareto_front, pareto_ranks, reference_point
+    from storage.query import BandwidthChoice, bandwidth_table, floor_label, resolve_floor
+
+    with read_table(ref) as table:
+        records = of_fidelity(table.variants(), fidelity)
     ok = measured(records)
     if not ok:
-        raise EmptyTableError(f"the lookup table {table.url} has no measured (status ok) variant")
+        what = f" at fidelity {fidelity}" if fidelity else ""
+        raise EmptyTableError(f"the lookup table {table.url} has no measured (status ok) variant{what}")
     # The front of what this device can hold: a variant that does not fit would dominate points it cannot replace.
     fits = [r for r in ok if r.measurement is not None and feasible(r.measurement, dev)]
-    front = pareto_front(fits, min_accuracy)
+    floor = resolve_floor(ok, min_accuracy, dev)
+    front = pareto_front(fits, min_accuracy or None)  # an explicit floor trims the front; the default only chooses
     ranks = pareto_ranks(fits)
-    ref = reference_point(ok)
-    hv = hypervolume(front, ref)
+    ref_point = reference_point(ok)
+    hv = hypervolume(front, ref_point)
     choices: list[BandwidthChoice] = []
     note = ""
     try:
-        choices = bandwidth_table(ok, dev, srv, rtt, min_accuracy)
+        choices = bandwidth_table(ok, dev, srv, rtt, floor)
     except NoFeasibleVariantError as e:
         note = f"no variant is chosen on {dev.name}: {e}"
     if as_json:
         doc = {
             "objectives": list(OBJECTIVES),
             "device": dev.name,
-            "reference_point": list(ref),
+            "reference_point": list(ref_point),
             "hypervolume": hv,
+            "accuracy_floor": floor,
+            "fidelities": sorted({r.spec.fidelity for r in ok}),
             "front": [
                 {"key": r.key, "spec": r.spec.to_dict(), "measurement": r.measurement.to_dict()}
                 for r in front
@@ -75,10 +100,14 @@ def pareto(
         }
         typer.echo(json.dumps(doc, indent=2))
         return
+    from rich.table import Table
+
+    from storage.plots import fmt_rate, plot_front
+
     con = console()
     t = Table(
         title=f"Pareto front on {dev.name}: {len(front)} of {len(fits)} variants that fit its memory "
-        f"({len(ok)} measured; {table.url})"
+        f"({len(ok)} measured; {floor_label(floor)}; {table.url})"
     )
     for col in (
         "key",
@@ -86,6 +115,7 @@ def pareto(
         "split",
         "sparsity",
         "codec",
+        "fidelity",
         "accuracy",
         "device MACs",
         "bits",
@@ -106,6 +136,7 @@ def pareto(
             r.spec.split,
             f"{r.spec.sparsity:.2f}",
             r.spec.codec.label,
+            r.spec.fidelity,
             f"{m.accuracy:.4f}",
             fmt_count(m.device_macs),
             f"{m.bits_mean + m.header_bits:,.0f}",
@@ -114,7 +145,8 @@ def pareto(
         )
     con.print(t)
     con.print(
-        f"hypervolume {hv:.4g} (error × MACs × bits) w.r.t. reference ({ref[0]:g}, {ref[1]:.4g}, {ref[2]:.4g}); "
+        f"hypervolume {hv:.4g} (error × MACs × bits) w.r.t. reference "
+        f"({ref_point[0]:g}, {ref_point[1]:.4g}, {ref_point[2]:.4g}); "
         f"front rank 1 = {sum(1 for k in ranks.values() if k == 1)} variants"
     )
     off_front = sorted({c.key for c in choices} - {r.key for r in front})
@@ -122,9 +154,9 @@ def pareto(
         con.print(
             f"chosen but not on the 3-objective front (server MACs matter): {', '.join(k[:12] for k in off_front)}"
         )
-    if note:
-        con.print(note)
+    for line in (note, fidelity_note(ok)):
+        if line:
+            con.print(line)
     big = [r for r in ok if r not in fits]
-    png = out or Path("runs") / name / "pareto.png"
     path = plot_front(ok, front, choices, png, title=f"{dev.name} / {srv.name}", infeasible=big)
     con.print(f"plot: {path}")

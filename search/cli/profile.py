@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from coinference.plots import plot_profile
-from coinference.profile import ModelProfile, profile_model
-from coinference.zoo import DEFAULT_MODEL
-from search.cli import app
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, console, model_and_data
+from search.cli import app, names, validate
+from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, console, model_and_data
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from coinference.profile import ModelProfile
 
 
 def _fmt_m(x: int) -> str:
@@ -23,6 +23,8 @@ def _fmt_m(x: int) -> str:
 
 def render_profile(p: ModelProfile, console: Console) -> None:
     """Print a profile as a rich table."""
+    from rich.table import Table
+
     png = f"{p.input_bits_png:,.0f} bits PNG (mean of {p.png_sample_size})" if p.input_bits_png else "PNG n/a"
     t = Table(
         title=f"{p.model}: input {p.input_shape}, {p.input_bits_raw:,} bits raw, {png}; "
@@ -62,15 +64,22 @@ def render_profile(p: ModelProfile, console: Console) -> None:
 
 @app.command()
 def profile(
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = names.DEFAULT_MODEL,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    png_sample: Annotated[int, typer.Option(min=1, help="Test images compressed for the PNG size.")] = 1000,
+    png_sample: Annotated[int, typer.Option(help="Test images compressed for the PNG size (≥ 1).")] = 1000,
     as_json: Annotated[bool, typer.Option("--json", help="Print the profile as JSON instead.")] = False,
     out: Annotated[Path, typer.Option(help="Folder for the plot.")] = Path("runs/profile"),
 ) -> None:
     """Profile every split point: device/server MACs, device memory, feature size, data amplification."""
+    check_model_data(model, weights, dataset, data_dir)
+    validate.at_least("--png-sample", png_sample, 1)
+    if not as_json:
+        validate.writable_dir("--out", out)
+    from coinference.plots import plot_profile
+    from coinference.profile import profile_model
+
     info, net, data = model_and_data(model, weights, dataset, data_dir, need_data=False)
     shape = data.input_shape if data is not None else info.input_shape
     prof = profile_model(net, shape, model, data.test_x if data is not None else None, png_sample)

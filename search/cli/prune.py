@@ -5,31 +5,17 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from rich.table import Table
 
 from coinference.errors import ConfigError
-from coinference.evaluate import accuracy
-from coinference.fused import FusedHead
-from coinference.latency import latency_pair
-from coinference.prune import (
-    PruneConfig,
-    PrunedDevice,
-    Schedule,
-    TwoStepConfig,
-    device_cost,
-    feature_bits,
-    prune_device,
-    save_pruned,
-    two_step_prune,
-)
-from coinference.train import TrainConfig
-from coinference.zoo import DEFAULT_MODEL, split_model
-from search.cli import app
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, console, model_and_data
+from coinference.variant import PRUNING_METHODS, SCHEDULES
+from search.cli import app, names, validate
+from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+
+if TYPE_CHECKING:
+    import torch
 
 
 def _steps_list(text: str | None) -> tuple[float, ...]:
@@ -43,7 +29,7 @@ def _steps_list(text: str | None) -> tuple[float, ...]:
 
 @app.command()
 def prune(
-    model: ModelOpt = DEFAULT_MODEL,
+    model: ModelOpt = names.DEFAULT_MODEL,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
@@ -84,11 +70,56 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Prune the device part for a split point, fine-tune, shrink it; print before/after figures."""
+    check_model_data(model, weights, dataset, data_dir)
+    validate.in_range("--sparsity", sparsity, 0.0, 1.0, high_open=True)
+    validate.in_range("--activation-sparsity", activation_sparsity, 0.0, 1.0, high_open=True)
+    names.check("pruning method", method, PRUNING_METHODS)
+    names.check("schedule", schedule, SCHEDULES)
+    names.check("residual mode", residual, ("joint", "keep"))
+    names.check("optimizer", optimizer, ("adam", "sgd"))
+    validate.at_least("--iterations", iterations, 1)
+    validate.in_range("--distill", distill, 0.0, 1.0)
+    validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
+    validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
+    if steps is not None:
+        validate.at_least("--steps", steps, 1)
+    validate.at_least("--batch-size", batch_size, 1)
+    if subset is not None:
+        validate.at_least("--subset", subset, 1)
+    if test_limit is not None:
+        validate.at_least("--test-limit", test_limit, 1)
+    check_seed(seed)
+    steps_list = _steps_list(schedule_steps)
+    for v in steps_list:
+        validate.in_range("--schedule-steps", v, 0.0, 1.0, high_open=True)
+    if out is not None:
+        validate.writable_file("--out", out)
+    else:
+        validate.writable_dir("--out", Path("runs/prune"))
+    import torch
+
+    from coinference.evaluate import accuracy
+    from coinference.prune import (
+        PruneConfig,
+        PrunedDevice,
+        Schedule,
+        TwoStepConfig,
+        device_cost,
+        feature_bits,
+        prune_device,
+        save_pruned,
+        two_step_prune,
+    )
+    from coinference.train import TrainConfig
+    from coinference.zoo import split_model
+    from search.cli.common import model_and_data
+    from search.cli.progress import cli_progress
+
     train = TrainConfig(
         optimizer=optimizer, lr=lr, epochs=epochs, steps=steps, batch_size=batch_size, subset=subset, seed=seed
     )
     if method == "incremental":
-        sched = Schedule(kind=schedule, iterations=iterations, steps=_steps_list(schedule_steps))
+        sched = Schedule(kind=schedule, iterations=iterations, steps=steps_list)
         cfg: PruneConfig | TwoStepConfig = PruneConfig(
             sparsity, activation_sparsity, sched, train, residual, distill=distill
         )
@@ -108,12 +139,13 @@ def prune(
     dense_macs, dense_params = device_cost(head, data.input_shape)
     with torch.no_grad():
         dense_feat = head.eval()(data.normalize(data.test_x[:1])).shape[1:]
-    before = accuracy(net, data)
-    if isinstance(cfg, PruneConfig):
-        pruned: PrunedDevice = prune_device(net, point, data, cfg)
-    else:
-        pruned = two_step_prune(net, point, data, cfg)
-    after = accuracy(pruned.end_to_end(), data)
+    with cli_progress():
+        before = accuracy(net, data)
+        if isinstance(cfg, PruneConfig):
+            pruned: PrunedDevice = prune_device(net, point, data, cfg)
+        else:
+            pruned = two_step_prune(net, point, data, cfg)
+        after = accuracy(pruned.end_to_end(), data)
     tag = f"{model}-{point.name}-{pruned.method}-s{sparsity:g}-a{activation_sparsity:g}"
     path = save_pruned(pruned, out or Path("runs/prune") / f"{tag}.pt", model)
 
@@ -133,6 +165,8 @@ def prune(
         )
         return
     c = console()
+    from rich.table import Table
+
     t = Table(
         title=f"{model} split after {point.name}: {pruned.method}, sparsity {pruned.sparsity:.3g}, "
         f"activation sparsity {pruned.activation_sparsity:g}"
@@ -158,6 +192,9 @@ def _latencies(
     dense: torch.nn.Module, pruned: torch.nn.Module, x: torch.Tensor, input_shape: tuple[int, ...], notes: list[str]
 ) -> dict[str, tuple[float, float]]:
     """Batch-1 latency (ms) of the dense and the pruned head, side by side, in eager PyTorch and the fused runtime."""
+    from coinference.fused import FusedHead
+    from coinference.latency import latency_pair
+
     out: dict[str, tuple[float, float]] = {}
     shape = (int(input_shape[0]), int(input_shape[1]), int(input_shape[2]))
     runs: dict[str, tuple[torch.nn.Module, torch.nn.Module]] = {"eager": (dense, pruned)}

@@ -7,28 +7,33 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from coinference.errors import ConfigError
 from coinference.latency import parse_bandwidth
-from search.cli import app
+from search.cli import app, validate
 from search.cli.common import console
 from search.cli.table_options import (
     DbOpt,
     DeviceOpt,
+    FidelityOpt,
     MinAccOpt,
     NameOpt,
     RttOpt,
+    RunsRootOpt,
     ServerOpt,
-    accuracy_floor,
+    check_fidelity,
+    check_min_accuracy,
+    check_profiles,
+    check_rtt,
+    fidelity_note,
     fmt_count,
     link,
+    locate,
+    of_fidelity,
     profiles,
     read_table,
 )
-from storage.plots import fmt_rate
-from storage.query import bandwidth_table, floor_label, log_bandwidths
-from storage.query import query as run_query
+from search.runs import DEFAULT_RUNS_ROOT
 
 
 @app.command()
@@ -37,46 +42,73 @@ def query(
         str | None, typer.Option("--bandwidth", "-b", help="Link rate, e.g. 40KB/s, 5 Mbit/s (bytes/s if bare).")
     ] = None,
     db: DbOpt = None,
-    name: NameOpt = "default",
+    name: NameOpt = None,
+    runs_root: RunsRootOpt = DEFAULT_RUNS_ROOT,
     device: DeviceOpt = "rpi3",
     server: ServerOpt = "rtx2080ti",
     rtt: RttOpt = 0.0,
     min_accuracy: MinAccOpt = None,
-    top: Annotated[int, typer.Option(help="Runners-up to list.")] = 3,
+    fidelity: FidelityOpt = None,
+    top: Annotated[int, typer.Option(help="Runners-up to list (≥ 0).")] = 3,
     table_: Annotated[
         bool, typer.Option("--table", help="Print the bandwidth → variant table (1 KB/s … 100 MB/s) instead.")
     ] = False,
-    per_decade: Annotated[int, typer.Option(help="Rates per factor of 10 in --table.")] = 4,
+    per_decade: Annotated[int, typer.Option(help="Rates per factor of 10 in --table, 1-100.")] = 4,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    key_only: Annotated[bool, typer.Option("--key", help="Print only the best variant's key (for scripts).")] = False,
 ) -> None:
     """Best variant for a bandwidth, device, server, RTT and accuracy floor (latency computed now)."""
-    dev, srv = profiles(device, server)
+    check_profiles(device, server)
+    check_rtt(rtt)
+    check_min_accuracy(min_accuracy)
+    check_fidelity(fidelity)
+    validate.at_least("--top", top, 0)
+    validate.at_least("--per-decade", per_decade, 1)
+    if per_decade > 100:
+        raise ConfigError(f"--per-decade must be ≤ 100, got {per_decade}")
     if not table_ and bandwidth is None:
         raise ConfigError("give --bandwidth (e.g. 40KB/s), or --table for every rate")
+    if table_ and key_only:
+        raise ConfigError("--key prints one variant: use it without --table")
     lk = link(bandwidth, rtt) if bandwidth is not None else None
-    with read_table(db, name) as tbl:
-        records = tbl.variants(status="ok")
-    floor = accuracy_floor(records, min_accuracy, dev)
+    ref = locate(db, name, runs_root)
+    dev, srv = profiles(device, server)
+    from rich.table import Table
+
+    from storage.plots import fmt_rate
+    from storage.query import bandwidth_table, floor_label, log_bandwidths, resolve_floor
+    from storage.query import query as run_query
+
+    with read_table(ref) as tbl:
+        records = of_fidelity(tbl.variants(status="ok"), fidelity)
+    floor = resolve_floor(records, min_accuracy, dev)
     con = console()
     if table_:
         rates = log_bandwidths(per_decade=per_decade) if bandwidth is None else [parse_bandwidth(bandwidth)]
         rows = bandwidth_table(records, dev, srv, rtt, floor, rates)
+        fid = {r.key: r.spec.fidelity for r in records}
         if as_json:
             doc = {"device": dev.name, "server": srv.name, "rtt_s": rtt, "accuracy_floor": floor}
             typer.echo(json.dumps({**doc, "rows": [r.to_dict() for r in rows]}, indent=2))
             return
         t = Table(title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s, {floor_label(floor)}")
-        for col in ("bandwidth", "variant", "latency ms", "accuracy", "bits"):
+        for col in ("bandwidth", "variant", "fidelity", "latency ms", "accuracy", "bits"):
             t.add_column(col, justify="right")
         for r in rows:
             t.add_row(
-                fmt_rate(r.bandwidth_bytes_per_s), r.key[:12], f"{r.total_s * 1e3:,.2f}", f"{r.accuracy:.4f}",
-                f"{r.bits:,.0f}",
+                fmt_rate(r.bandwidth_bytes_per_s), r.key[:12], fid[r.key], f"{r.total_s * 1e3:,.2f}",
+                f"{r.accuracy:.4f}", f"{r.bits:,.0f}",
             )  # fmt: skip
         con.print(t)
+        note = fidelity_note(records)
+        if note:
+            con.print(note)
         return
     assert lk is not None
     res = run_query(records, lk, dev, srv, floor, top)
+    if key_only:
+        typer.echo(res.best.record.key)
+        return
     ranked = [res.best, *res.runners_up]
     if as_json:
         doc = {
@@ -104,7 +136,7 @@ def query(
         title=f"{fmt_rate(lk.bandwidth_bytes_per_s)} on {dev.name} / {srv.name}, RTT {rtt:g} s: "
         f"{res.feasible} feasible of {res.measured} measured, {floor_label(floor)}"
     )
-    for col in ("#", "key", "split", "sparsity", "codec", "accuracy", "device MACs", "bits", "device ms",
+    for col in ("#", "key", "split", "sparsity", "codec", "fidelity", "accuracy", "device MACs", "bits", "device ms",
                 "transmit ms", "server ms", "total ms"):  # fmt: skip
         t.add_column(col, justify="right")
     for i, c in enumerate(ranked, start=1):
@@ -113,9 +145,12 @@ def query(
         lat = c.latency
         t.add_row(
             str(i), c.record.key[:12], c.record.spec.split, f"{c.record.spec.sparsity:.2f}", c.record.spec.codec.label,
-            f"{m.accuracy:.4f}", fmt_count(m.device_macs), f"{m.bits_mean + m.header_bits:,.0f}",
-            f"{lat.device_s * 1e3:,.3f}", f"{lat.transmit_s * 1e3:,.3f}", f"{lat.server_s * 1e3:,.3f}",
-            f"{c.total_s * 1e3:,.3f}",
+            c.record.spec.fidelity, f"{m.accuracy:.4f}", fmt_count(m.device_macs),
+            f"{m.bits_mean + m.header_bits:,.0f}", f"{lat.device_s * 1e3:,.3f}", f"{lat.transmit_s * 1e3:,.3f}",
+            f"{lat.server_s * 1e3:,.3f}", f"{c.total_s * 1e3:,.3f}",
         )  # fmt: skip
     con.print(t)
     con.print(f"best: {res.best.record.key}")
+    note = fidelity_note(records)
+    if note:
+        con.print(note)

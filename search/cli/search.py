@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from coinference.errors import ConfigError
-from coinference.zoo import DEFAULT_MODEL
-from search.cli import app
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, console
-from search.evaluator import Evaluate, Outcome
-from search.run import SearchConfig, run_search
-from search.searchers import SEARCHERS, SearchOptions
+from coinference.latency import device_names
+from coinference.variant import FIDELITIES
+from search.cli import app, names, validate
+from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+from search.runs import DEFAULT_RUNS_ROOT, db_url
+
+if TYPE_CHECKING:
+    from search.evaluator import Evaluate
 
 
 def load_evaluator(path: str) -> Evaluate:
@@ -33,34 +35,82 @@ def load_evaluator(path: str) -> Evaluate:
 
 @app.command()
 def search(
-    searcher: Annotated[str, typer.Option(help=f"Searcher: {', '.join(SEARCHERS.names())}.")] = "optuna",
-    trials: Annotated[int, typer.Option(min=1, help="Distinct variants this run finishes (its budget).")] = 12,
-    model: ModelOpt = DEFAULT_MODEL,
+    searcher: Annotated[str, typer.Option(help=f"Searcher: {', '.join(names.SEARCHERS)}.")] = "optuna",
+    trials: Annotated[int, typer.Option(help="Distinct variants this run finishes (its budget, ≥ 1).")] = 12,
+    model: ModelOpt = names.DEFAULT_MODEL,
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    fidelity: Annotated[str, typer.Option(help="Training budget per variant: smoke, fast, full.")] = "fast",
+    fidelity: Annotated[str, typer.Option(help=f"Training budget per variant: {', '.join(FIDELITIES)}.")] = "fast",
     db: Annotated[
-        str | None, typer.Option(help="Lookup table URL (default $COINFER_DB or runs/<name>/lookup.db).")
+        str | None,
+        typer.Option(
+            help="Lookup table: a SQLAlchemy URL or an SQLite file path (default $COINFER_DB, else "
+            "<runs-root>/<name>/lookup.db)."
+        ),
     ] = None,
-    name: Annotated[str, typer.Option(help="Run name: runs/<name>/.")] = "search",
+    name: Annotated[str, typer.Option(help="Run name: the folder <runs-root>/<name>/.")] = "search",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run of this name.")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help="Rebuild variants the table holds as failed (once each).")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
-    sampler: Annotated[str, typer.Option(help="Optuna/Ray sampler: tpe or nsga2.")] = "tpe",
+    sampler: Annotated[str, typer.Option(help=f"Optuna/Ray sampler: {', '.join(names.SAMPLERS)}.")] = "tpe",
     accuracy_floor: Annotated[
-        float | None, typer.Option(help="Absolute accuracy floor (default: best measured − 0.02, report only).")
+        float | None,
+        typer.Option(
+            help="Absolute accuracy floor in [0, 1]: variants below it are infeasible for the searcher and "
+            "the report's choices (default: best measured − 0.02, for the report's choices only)."
+        ),
     ] = None,
-    device: Annotated[str, typer.Option(help="Device profile for the per-bandwidth choice.")] = "rpi3",
+    device: Annotated[
+        str, typer.Option(help=f"Device profile of the per-bandwidth choice: {', '.join(device_names())}.")
+    ] = "rpi3",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (default $RAY_ADDRESS, else local).")] = None,
-    num_cpus: Annotated[int | None, typer.Option(help="CPUs of a local Ray.")] = None,
-    ppo_timesteps: Annotated[int, typer.Option(help="PPO training steps.")] = 512,
+    num_cpus: Annotated[int | None, typer.Option(help="CPUs of a local Ray (≥ 1).")] = None,
+    ppo_timesteps: Annotated[int, typer.Option(help="PPO training steps (≥ 1).")] = 512,
     evaluator: Annotated[
         str | None, typer.Option(help="module:callable measuring a spec (default: coinference.build).", hidden=True)
     ] = None,
-    runs_root: Annotated[Path, typer.Option(help="Parent folder of the run folder.")] = Path("runs"),
+    runs_root: Annotated[Path, typer.Option(help="Parent folder of the run folder.")] = DEFAULT_RUNS_ROOT,
 ) -> None:
     """Search split × sparsity × compression, store every variant in the lookup table, print the front."""
-    SEARCHERS.get(searcher)
+    # every argument is checked before anything is imported, built or written
+    names.check("searcher", searcher, names.SEARCHERS)
+    names.check("Optuna sampler", sampler, names.SAMPLERS)
+    names.check("fidelity", fidelity, FIDELITIES)
+    names.check("device profile", device, device_names())
+    validate.at_least("--trials", trials, 1)
+    validate.at_least("--ppo-timesteps", ppo_timesteps, 1)
+    if num_cpus is not None:
+        validate.at_least("--num-cpus", num_cpus, 1)
+    check_seed(seed)
+    if accuracy_floor is not None:
+        validate.in_range("--accuracy-floor", accuracy_floor, 0.0, 1.0)
+    validate.run_name(name)
+    validate.writable_dir("--runs-root", runs_root)
+    db_file = None
+    if db is not None:
+        db, db_file = db_url(db)
+        if db_file is not None and not db_file.exists():
+            validate.writable_file("--db", db_file)
+    if address is not None and not address.strip():
+        raise ConfigError(f"--address must be a Ray address (e.g. ray://HOST:10001 or auto), got {address!r}")
+    dataset_name = check_model_data(model, weights, dataset, data_dir)
+    run_dir = runs_root / name
+    if resume and not (run_dir / "evaluations.jsonl").exists():
+        raise ConfigError(f"nothing to resume: {run_dir / 'evaluations.jsonl'} does not exist")
+    evaluate = load_evaluator(evaluator) if evaluator else None
+
+    from search.evaluator import Outcome
+    from search.run import SearchConfig, run_search
+    from search.searchers import SearchOptions
+
+    options = SearchOptions(sampler=sampler, address=address, num_cpus=num_cpus, ppo_timesteps=ppo_timesteps)
+    if searcher == "ray":
+        from search.searchers.ray_search import validate_options
+
+        validate_options(options)
     cfg = SearchConfig(
         searcher=searcher,
         trials=trials,
@@ -76,36 +126,39 @@ def search(
         accuracy_floor=accuracy_floor,
         device=device,
         runs_root=runs_root,
-        options=SearchOptions(sampler=sampler, address=address, num_cpus=num_cpus, ppo_timesteps=ppo_timesteps),
+        options=options,
+        retry_failed=retry_failed,
     )
-    con = console()
-    evaluate = load_evaluator(evaluator) if evaluator else None
-    keys: set[str] = set()
+    # the inputs every build reads, opened once now: a bad checkpoint or (for the real builder) a missing data folder
+    # stops the search here, not after the first variant, and is never stored as a variant's failure
+    from search.cli.common import model_and_data
 
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[last]}"),
-        console=con,
-        transient=False,
-    ) as bar:
-        task = bar.add_task(f"{searcher} → runs/{name}", total=trials, last="")
+    model_and_data(model, weights, dataset_name, data_dir, need_data=evaluate is None)
+    if db is not None and (db_file is None or db_file.exists()):
+        # an existing SQLite file must already be a lookup table (never one added into some other program's file);
+        # a server database is opened now, and gets the schema if it has none
+        from storage import open_table
+
+        open_table(db, create=db_file is None).close()
+    con = console()
+    from coinference.progress import phase
+    from search.cli.progress import cli_progress
+
+    keys: set[str] = set()
+    with cli_progress(), phase(f"{searcher} search → {run_dir}", total=trials, unit="variant") as advance:
 
         def progress(out: Outcome) -> None:
-            keys.add(out.spec.key)
-            m = out.measurement
-            last = f"acc {m.accuracy:.3f}, {m.bits_mean:,.0f} bits" if m else f"failed: {(out.error or '')[:40]}"
-            bar.update(task, completed=min(trials, len(keys)), last=("cached " if out.cached else "") + last)
+            if out.spec.key not in keys:
+                keys.add(out.spec.key)
+                advance(1)
 
         result = run_search(cfg, evaluate=evaluate, on_outcome=progress)
-        bar.update(task, completed=len(result.keys))
 
     from search.report import render
 
     render(result.report, con)
     con.print(
         f"{len(result.keys)} variants ({result.built} built now, {result.failed} failed) in {result.seconds:.1f} s; "
-        f"report: {result.report.markdown}" + (f", plot: {result.report.plot}" if result.report.plot else "")
+        f"table: {cfg.db or os.environ.get('COINFER_DB') or run_dir / 'lookup.db'}; report: {result.report.markdown}"
+        + (f", plot: {result.report.plot}" if result.report.plot else "")
     )

@@ -6,23 +6,27 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
+from coinference.errors import ConfigError
 from search.cli import app
 from search.cli.common import console
-from search.cli.table_options import DbOpt, NameOpt, read_table
+from search.cli.table_options import DbOpt, NameOpt, RunsRootOpt, locate, read_table
+from search.runs import DEFAULT_RUNS_ROOT
 
 
 @app.command()
 def show(
     variant: Annotated[str, typer.Argument(help="Variant key (sha256 of its spec) or a unique prefix of ≥ 4 digits.")],
     db: DbOpt = None,
-    name: NameOpt = "default",
+    name: NameOpt = None,
+    runs_root: RunsRootOpt = DEFAULT_RUNS_ROOT,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead.")] = False,
 ) -> None:
     """Show one variant: spec, status or error, measurement and recorded files with their sha256."""
-    with read_table(db, name) as table:
-        r = table.find(variant)
+    if not (4 <= len(variant) <= 64 and all(c in "0123456789abcdefABCDEF" for c in variant)):
+        raise ConfigError(f"VARIANT must be a key or a prefix of 4-64 hex digits, got {variant!r}")
+    with read_table(locate(db, name, runs_root)) as table:
+        r = table.find(variant.lower())
     doc = {
         "key": r.key,
         "status": r.status,
@@ -39,6 +43,8 @@ def show(
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
         return
+    from rich.table import Table
+
     t = Table(title=f"variant {r.key}", show_header=False)
     t.add_column("field")
     t.add_column("value", overflow="fold")

@@ -1,28 +1,41 @@
-"""Options and helpers shared by the lookup-table commands (pareto, query, export, show)."""
+"""Options and helpers shared by the lookup-table commands (pareto, query, export, show).
+
+Every check here runs before the table is opened; heavy imports (SQLAlchemy, PyTorch) happen only in
+:func:`read_table` and the commands.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from coinference.latency import SERVERS, DeviceProfile, Link, ServerProfile, device_names, device_profile
 from coinference.latency import parse_bandwidth as _parse_bandwidth
-from storage import LookupTable, open_table
-from storage.query import default_floor
+from search.cli import names, validate
+from search.runs import DEFAULT_RUNS_ROOT, TableRef, find_table
+
+if TYPE_CHECKING:
+    from storage import LookupTable
 
 DbOpt = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="SQLAlchemy URL of the lookup table (default: $COINFER_DB, else sqlite:///runs/<name>/lookup.db).",
+        help="Lookup table: a SQLAlchemy URL or an SQLite file path (default: $COINFER_DB, else the table of "
+        "--name, else of the run the last `coinfer search` wrote).",
     ),
 ]
-NameOpt = Annotated[str, typer.Option("--name", help="Run name: the default table is runs/<name>/lookup.db.")]
+NameOpt = Annotated[
+    str | None,
+    typer.Option("--name", help="Run whose table to read: <runs-root>/<name>/lookup.db (default: the last search's)."),
+]
+RunsRootOpt = Annotated[Path, typer.Option("--runs-root", help="Parent folder of the run folders.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help=f"Device profile: {', '.join(device_names())}.")]
 ServerOpt = Annotated[str, typer.Option("--server", help=f"Server profile: {', '.join(SERVERS.names())}.")]
-RttOpt = Annotated[float, typer.Option("--rtt", help="Round-trip time added once per image, seconds.")]
+RttOpt = Annotated[float, typer.Option("--rtt", help="Round-trip time added once per image, seconds (≥ 0).")]
 MinAccOpt = Annotated[
     float | None,
     typer.Option(
@@ -30,21 +43,57 @@ MinAccOpt = Annotated[
     ),
 ]
 BandwidthOpt = Annotated[str, typer.Option("--bandwidth", "-b", help="Link rate, e.g. 40KB/s, 5 Mbit/s, 125000.")]
+FidelityOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--fidelity", help="Only variants built at this fidelity: smoke, fast or full (default: all of them)."
+    ),
+]
 
 
-def read_table(db: str | None, name: str) -> LookupTable:
+def locate(db: str | None, name: str | None, runs_root: Path = DEFAULT_RUNS_ROOT) -> TableRef:
+    """The table a command reads (``search.runs.find_table``), with --name checked first."""
+    if name is not None:
+        validate.run_name(name)
+    return find_table(db, name, runs_root)
+
+
+def read_table(ref: TableRef) -> LookupTable:
     """Open an existing table (never creates one: a typo in --db is an error, not an empty table)."""
-    return open_table(db, name, create=False)
+    from storage import open_table
+
+    return open_table(ref.url, create=False)
+
+
+def check_profiles(device: str, server: str) -> None:
+    """--device/--server names, checked without calibrating ``local``."""
+    names.check("device profile", device, device_names())
+    names.check("server profile", server, SERVERS.names())
 
 
 def profiles(device: str, server: str) -> tuple[DeviceProfile, ServerProfile]:
     """Resolve --device/--server (unknown names raise an error listing the valid ones)."""
+    check_profiles(device, server)
     return device_profile(device), SERVERS.get(server)
+
+
+def check_rtt(rtt: float) -> float:
+    return validate.in_range("--rtt", rtt, 0.0, 3600.0)
+
+
+def check_min_accuracy(min_accuracy: float | None) -> float | None:
+    return None if min_accuracy is None else validate.in_range("--min-accuracy", min_accuracy, 0.0, 1.0)
+
+
+def check_fidelity(fidelity: str | None) -> str | None:
+    from coinference.variant import FIDELITIES
+
+    return None if fidelity is None else names.check("fidelity", fidelity, FIDELITIES)
 
 
 def link(bandwidth: str, rtt: float) -> Link:
     """--bandwidth/--rtt → :class:`Link` (bad values raise ConfigError)."""
-    return Link(_parse_bandwidth(bandwidth), rtt_s=rtt)
+    return Link(_parse_bandwidth(bandwidth), rtt_s=check_rtt(rtt))
 
 
 def fmt_count(x: float) -> str:
@@ -55,9 +104,16 @@ def fmt_count(x: float) -> str:
     return f"{x:,.0f}"
 
 
-def accuracy_floor(records: Sequence[Any], min_accuracy: float | None, device: DeviceProfile) -> float | None:
-    """--min-accuracy, or by default the best accuracy among the variants that fit ``device`` − 0.02 (so a bare
-    query never picks a broken variant for its speed); 0 means no floor."""
-    if min_accuracy is None:
-        return default_floor(records, device)
-    return min_accuracy or None
+def of_fidelity(records: Sequence[Any], fidelity: str | None) -> list[Any]:
+    """The records built at ``fidelity`` (all when None)."""
+    return [r for r in records if fidelity is None or r.spec.fidelity == fidelity]
+
+
+def fidelity_note(records: Sequence[Any]) -> str:
+    """A line saying which fidelities the records mix (empty when they share one): a front or choice over mixed
+    budgets compares variants trained for different lengths."""
+    fids = sorted({r.spec.fidelity for r in records})
+    if len(fids) <= 1:
+        return ""
+    counts = ", ".join(f"{sum(1 for r in records if r.spec.fidelity == f)} {f}" for f in fids)
+    return f"note: the table mixes fidelities ({counts}); --fidelity NAME keeps one"

@@ -1,0 +1,32 @@
+"""Names the CLI shows in its help and checks before any heavy import.
+
+The registries that own these names (models, data sets, searchers, samplers, codec kinds) live in modules that
+import PyTorch, Optuna or Ray, which costs seconds; ``coinfer --help`` and argument errors must answer at once.
+``tests/test_cli_names.py`` checks that every tuple here equals its registry, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from coinference.errors import UnknownNameError
+
+MODELS = ("resnet-digits", "resnet18-cifar", "resnet20", "resnet32", "resnet44", "resnet56", "tiny-cnn")
+"""``coinference.zoo.MODELS``."""
+DEFAULT_MODEL = "resnet-digits"
+"""``coinference.zoo.DEFAULT_MODEL``: the embedded default's model."""
+DATASETS = ("cifar10", "digits", "synthetic")
+"""``coinference.data.DATASETS``."""
+EMBEDDED_DATASETS = ("digits", "synthetic")
+"""Data sets that need no files (no --data-dir)."""
+SEARCHERS = ("grid", "optuna", "ppo", "random", "ray")
+"""``search.searchers.SEARCHERS``."""
+SAMPLERS = ("nsga2", "tpe")
+"""``search.searchers.optuna_search.make_sampler``."""
+CODEC_KINDS = ("sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp", "huffman", "none")
+"""``coinference.codec.KINDS``."""
+
+
+def check(kind: str, value: str, valid: tuple[str, ...] | list[str]) -> str:
+    """``value`` when it is one of ``valid``; else :class:`UnknownNameError` listing the valid names."""
+    if value not in valid:
+        raise UnknownNameError(f"unknown {kind} {value!r}; valid: {', '.join(sorted(valid))}")
+    return value

@@ -1,0 +1,72 @@
+"""The README runs as written: `make demo`'s command, then every command of the README's "After `make demo`" block,
+in order, each in a fresh process in a clean folder, each exiting 0 and printing what the README says it prints."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = Path(sys.prefix) if sys.prefix != sys.base_prefix and (Path(sys.prefix) / "bin" / "coinfer").exists() else None
+
+# What each README command must print (the README's comment says it in words); a command the README gains or
+# loses without this table changing fails the test, so the two stay in step.
+EXPECTED = {
+    "coinfer pareto --device rpi3": ["Pareto front on rpi3", "chosen at", "plot: runs/search/pareto-rpi3.png"],
+    "coinfer query --bandwidth 40KB/s --device rpi3": ["40 KB/s on rpi3", "feasible of", "best: "],
+    "coinfer query --table --device mcu": ["bandwidth → variant on mcu", "1 KB/s", "100 MB/s"],
+    'coinfer show "$(.venv/bin/coinfer query --bandwidth 40KB/s --device rpi3 --key)"': ["variant ", "spec.split"],
+    "coinfer export --bandwidth 40KB/s --device rpi3 --out runs/export": ["exported ", "verified on", "manifest:"],
+}
+
+
+def readme_block(text: str) -> list[str]:
+    """The commands of the README's block after the ``<!-- after-demo -->`` marker (comments stripped)."""
+    block = text.split("<!-- after-demo -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.strip().splitlines() if line.strip()]
+
+
+def demo_command(makefile: str) -> str:
+    """The recipe of `make demo`, with the Makefile's $(BIN) as the README writes it (.venv/bin)."""
+    recipe = makefile.split("\ndemo:", 1)[1].splitlines()[1].strip()
+    return recipe.replace("$(BIN)", ".venv/bin")
+
+
+def test_readme_block_is_known() -> None:
+    cmds = readme_block((ROOT / "README.md").read_text())
+    assert [c.removeprefix(".venv/bin/") for c in cmds] == list(EXPECTED)
+    assert demo_command((ROOT / "Makefile").read_text()) == ".venv/bin/coinfer search"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(VENV is None, reason="needs the project's virtual environment")
+def test_readme_runs_as_written_after_the_demo(tmp_path: Path) -> None:
+    assert VENV is not None
+    (tmp_path / ".venv").symlink_to(VENV, target_is_directory=True)
+
+    def sh(cmd: str) -> str:
+        res = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+        assert res.returncode == 0, (cmd, res.stdout[-2000:], res.stderr[-2000:])
+        assert "Traceback" not in res.stderr, (cmd, res.stderr[-2000:])
+        return res.stdout
+
+    out = sh(demo_command((ROOT / "Makefile").read_text()))
+    assert "Chosen variant per bandwidth" in out and "table: runs/search/lookup.db" in out
+    assert (tmp_path / "runs" / "search" / "lookup.db").is_file()
+
+    for cmd in readme_block((ROOT / "README.md").read_text()):
+        out = sh(cmd)
+        for text in EXPECTED[cmd.removeprefix(".venv/bin/")]:
+            assert text in out, (cmd, text, out[-3000:])
+
+    # the demo's plot is the search's own; pareto wrote its own file beside it
+    assert (tmp_path / "runs" / "search" / "pareto.png").is_file()
+    assert (tmp_path / "runs" / "search" / "pareto-rpi3.png").is_file()
+    manifest = json.loads((tmp_path / "runs" / "export" / "manifest.json").read_text())
+    best = sh(".venv/bin/coinfer query --bandwidth 40KB/s --device rpi3 --key").strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", best) and manifest["spec"]["key"] == best
