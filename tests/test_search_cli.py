@@ -37,3 +37,16 @@ def test_search_bad_inputs_exit_2_with_one_line(run_cli, tmp_path: Path) -> None
         assert code == 2, (args, err)
         lines = err.strip().splitlines()
         assert len(lines) == 1 and msg in lines[0], (args, err)
+
+
+def test_ppo_search_writes_nothing_outside_its_run(run_cli, tmp_path: Path, monkeypatch) -> None:
+    import tempfile
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))  # where SB3's default logger would make SB3-<date>/
+    args = ("search", "--searcher", "ppo", "--trials", "4", "--ppo-timesteps", "8", "--model", "tiny-cnn")
+    code, _, err = run_cli(*args, "--evaluator", TOY, "--runs-root", str(tmp_path / "runs"), "--name", "rl")
+    assert code == 0, err
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("SB3-")] == []
+    assert (tmp_path / "runs" / "rl" / "ppo_policy.zip").is_file()

@@ -67,6 +67,10 @@ class PPOSearcher(Searcher):
             from stable_baselines3 import PPO
 
             model = PPO("MlpPolicy", env, **kwargs)
+        # SB3's default logger makes an empty folder in the system's temp dir on every learn(), even when silent
+        from stable_baselines3.common.logger import Logger
+
+        model.set_logger(Logger(folder=None, output_formats=[]))
 
         class Budget(BaseCallback):
             def _on_step(self) -> bool:
