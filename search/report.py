@@ -73,7 +73,7 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
     lines = [
         f"# Search run `{cfg.name}`",
         "",
-        f"- searcher: `{cfg.searcher}`, budget {cfg.trials} variants, seed {cfg.seed}",
+        f"- searcher: `{cfg.searcher}`, budget {cfg.trials} variants, seed {cfg.seed}, fidelity `{cfg.fidelity}`",
         f"- space: {space.describe()}",
         f"- finished: {len(records)} variants ({len(ok)} ok, {len(failed)} failed)",
         f"- Pareto front (accuracy ↑, device MACs ↓, bits ↓): {len(front)} variants; "
@@ -121,7 +121,8 @@ def _rate(bw: float) -> str:
 
 def render(rep: Report, console: Console) -> None:
     """Print the front and the per-bandwidth choices."""
-    t = RichTable(title=f"Pareto front: {len(rep.front)} of {len(rep.records)} variants")
+    fids = ", ".join(sorted({r.spec.fidelity for r in rep.records}))
+    t = RichTable(title=f"Pareto front: {len(rep.front)} of {len(rep.records)} variants (fidelity {fids})")
     for col in ("key", "split", "sparsity", "codec", "accuracy", "device MACs", "bits/image"):
         t.add_column(col, justify="right")
     for r in rep.front:

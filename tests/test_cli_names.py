@@ -22,6 +22,7 @@ def test_names_equal_their_registries() -> None:
     from search.searchers.optuna_search import make_sampler
 
     assert tuple(MODELS.names()) == names.MODELS and names.DEFAULT_MODEL == DEFAULT_MODEL
+    assert {m: MODELS.get(m).dataset for m in MODELS.names()} == names.MODEL_DATASETS
     assert tuple(DATASETS.names()) == names.DATASETS
     assert tuple(SEARCHERS.names()) == names.SEARCHERS
     assert tuple(KINDS) == names.CODEC_KINDS

@@ -35,9 +35,7 @@ def check_model_data(model: str, weights: Path | None, dataset: str | None, data
         validate.readable_file("--weights", weights)
     if data_dir is not None:
         validate.existing_dir("--data-dir", data_dir)
-    from coinference.zoo import MODELS  # the model's default data set
-
-    return dataset or MODELS.get(model).dataset
+    return dataset or names.MODEL_DATASETS[model]
 
 
 def check_seed(seed: int) -> int:

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from coinference.errors import UnknownNameError
 
-MODELS = ("resnet-digits", "resnet18-cifar", "resnet20", "resnet32", "resnet44", "resnet56", "tiny-cnn")
-"""``coinference.zoo.MODELS``."""
+MODEL_DATASETS = {
+    "resnet-digits": "digits",
+    "resnet18-cifar": "cifar10",
+    "resnet20": "cifar10",
+    "resnet32": "cifar10",
+    "resnet44": "cifar10",
+    "resnet56": "cifar10",
+    "tiny-cnn": "synthetic",
+}
+"""``coinference.zoo.MODELS``: each model and the data set it is meant for (``ModelInfo.dataset``)."""
+MODELS = tuple(MODEL_DATASETS)
 DEFAULT_MODEL = "resnet-digits"
 """``coinference.zoo.DEFAULT_MODEL``: the embedded default's model."""
 DATASETS = ("cifar10", "digits", "synthetic")
