@@ -50,3 +50,22 @@ def test_ppo_search_writes_nothing_outside_its_run(run_cli, tmp_path: Path, monk
     assert code == 0, err
     assert [p.name for p in tmp.iterdir() if p.name.startswith("SB3-")] == []
     assert (tmp_path / "runs" / "rl" / "ppo_policy.zip").is_file()
+
+
+def test_a_run_name_keeps_its_searcher_fidelity_and_space(run_cli, tmp_path: Path) -> None:
+    base = ("search", "--trials", "3", "--model", "tiny-cnn", "--evaluator", TOY, "--runs-root", str(tmp_path))
+    code, _, err = run_cli(*base, "--name", "x", "--fidelity", "smoke")
+    assert code == 0, err
+    ledger = (tmp_path / "x" / "evaluations.jsonl").read_bytes()
+    cases = [
+        (("--name", "x", "--fidelity", "fast"), ("fidelity 'smoke'", "'fast'")),
+        (("--name", "x", "--fidelity", "smoke", "--searcher", "random", "--resume"), ("searcher 'optuna'", "'random'")),
+        (("--name", "x", "--fidelity", "smoke", "--model", "resnet-digits"), ("space 'tiny-cnn/", "'resnet-digits/")),
+    ]
+    for extra, names in cases:
+        code, _, err = run_cli(*base, *extra)  # a repeated --model: the later one counts
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and all(n in lines[0] for n in names), (args, err)
+        assert (tmp_path / "x" / "evaluations.jsonl").read_bytes() == ledger  # nothing of the run was touched
+    code, _, err = run_cli(*base, "--name", "x", "--fidelity", "smoke", "--resume")  # the same run goes on
+    assert code == 0, err

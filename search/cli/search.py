@@ -103,7 +103,7 @@ def search(
     evaluate = load_evaluator(evaluator) if evaluator else None
 
     from search.evaluator import Outcome
-    from search.run import SearchConfig, run_search
+    from search.run import SearchConfig, check_same_run, make_space, run_identity, run_search
     from search.searchers import SearchOptions
 
     options = SearchOptions(sampler=sampler, address=address, num_cpus=num_cpus, ppo_timesteps=ppo_timesteps)
@@ -140,6 +140,8 @@ def search(
         from storage import open_table
 
         open_table(db, create=db_file is None).close()
+    space = make_space(cfg)  # a run name keeps its searcher, fidelity and space: checked before anything is built
+    check_same_run(cfg.run_dir, run_identity(cfg, space))
     con = console()
     from coinference.progress import phase
     from search.cli.progress import cli_progress
@@ -152,7 +154,7 @@ def search(
                 keys.add(out.spec.key)
                 advance(1)
 
-        result = run_search(cfg, evaluate=evaluate, on_outcome=progress)
+        result = run_search(cfg, evaluate=evaluate, space=space, on_outcome=progress)
 
     from search.report import render
 
