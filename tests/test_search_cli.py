@@ -65,7 +65,7 @@ def test_a_run_name_keeps_its_searcher_fidelity_and_space(run_cli, tmp_path: Pat
     for extra, names in cases:
         code, _, err = run_cli(*base, *extra)  # a repeated --model: the later one counts
         lines = err.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and all(n in lines[0] for n in names), (args, err)
+        assert code == 2 and len(lines) == 1 and all(n in lines[0] for n in names), (extra, err)
         assert (tmp_path / "x" / "evaluations.jsonl").read_bytes() == ledger  # nothing of the run was touched
     code, _, err = run_cli(*base, "--name", "x", "--fidelity", "smoke", "--resume")  # the same run goes on
     assert code == 0, err
