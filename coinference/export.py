@@ -188,6 +188,7 @@ def ort_session(path: str | Path) -> Any:
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    opts.log_severity_level = 4  # fatal only: an error reaches the caller as an exception, not as a log line too
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

@@ -19,7 +19,10 @@ Each file is checked against the sha256 recorded in the table before it is loade
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import os
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -99,26 +102,59 @@ def export_record(
 ) -> tuple[Path, VerifyReport]:
     """Export ``record`` to ``out`` and verify it on ``images`` (normalised float32 (N, C, H, W)).
 
+    The package is written and verified in a folder beside ``out`` and moved into ``out`` only once verified: a
+    failed export (a part onnxruntime cannot run, logits that differ) leaves ``out`` as it was.
+
     Returns:
         (manifest path, verification report).
+
+    Raises:
+        ExportError: ``out`` holds another export and not ``overwrite``, or the export or its verification failed.
     """
+    from coinference.errors import CoinferenceError
+    from coinference.export import ExportError
+
     if record.measurement is None:
         raise StorageError(f"variant {record.key[:12]} has status {record.status!r}: nothing measured to export")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"export folder {out} is not empty (overwrite=True, or --force, replaces it)")
     device, server, codec = load_parts(record)
-    manifest = export_variant(
-        out,
-        device,
-        server,
-        input_shape,
-        codec=codec,
-        normalization=normalization,
-        spec={"key": record.key, **record.spec.to_dict()},
-        measurement=record.measurement.to_dict(),
-        extra=extra,
-        overwrite=overwrite,
-    )
-    report = verify_export(out, images, reference=(device, server), codec=codec)
-    return manifest, report
+    stage = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]  # folders a failure must not leave
+    try:
+        export_variant(
+            stage,
+            device,
+            server,
+            input_shape,
+            codec=codec,
+            normalization=normalization,
+            spec={"key": record.key, **record.spec.to_dict()},
+            measurement=record.measurement.to_dict(),
+            extra=extra,
+        )
+        report = verify_export(stage, images, reference=(device, server), codec=codec)
+    except Exception as e:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in made:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        first = " ".join(str(e).split()).replace(str(stage), str(out))[:300] or type(e).__name__
+        if isinstance(e, CoinferenceError):
+            raise type(e)(first) from None
+        raise ExportError(f"variant {record.key[:12]} cannot be exported: {type(e).__name__}: {first}") from None
+    out.mkdir(parents=True, exist_ok=True)
+    for entry in sorted(stage.iterdir()):  # the verified package replaces the parts of an older one
+        target = out / entry.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(entry, target)
+    stage.rmdir()
+    return out / "manifest.json", report
 
 
 # ------------------------------------------------------------------------------------------- builder checkpoints

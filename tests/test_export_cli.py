@@ -106,3 +106,31 @@ def test_export_from_builder_checkpoints(run_cli, tmp_path: Path) -> None:
     man = json.loads((out / "manifest.json").read_text())
     assert man["codec"]["kind"] == "coinference.sq"
     assert "predictions identical" in stdout
+
+
+def test_a_failed_export_leaves_the_out_folder_as_it_was(run_cli, db, tmp_path: Path, monkeypatch) -> None:
+    import storage.export
+
+    url, _ = db
+    args = ("export", "--db", url, "--bandwidth", "40KB/s", "--device", "rpi3")
+    fresh = tmp_path / "new" / "out"
+    real = storage.export.verify_export
+
+    def broken(out, *a, **k):
+        real(out, *a, **k)  # the package verifies, then the runtime fails as onnxruntime did on a pruned shortcut
+        raise RuntimeError(f"[ONNXRuntimeError] Reshape node failed in {out}")
+
+    monkeypatch.setattr(storage.export, "verify_export", broken)
+    code, _, err = run_cli(*args, "--out", str(fresh))
+    lines = err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith("coinfer: error: variant ") and "cannot be exported" in lines[-1]
+    assert str(fresh) in lines[-1] and ".partial-" not in err  # the message names --out, not the staging folder
+    assert not (tmp_path / "new").exists()  # not even the parent folder it would have made
+    monkeypatch.setattr(storage.export, "verify_export", real)
+    old = tmp_path / "old"
+    assert run_cli(*args, "--out", str(old))[0] == 0
+    before = {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    monkeypatch.setattr(storage.export, "verify_export", broken)
+    assert run_cli(*args, "--out", str(old), "--force")[0] == 2
+    assert {p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert [p.name for p in tmp_path.iterdir() if ".partial-" in p.name] == []
