@@ -213,22 +213,32 @@ def device_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------- parsing
-_UNITS = {
-    "b/s": 1, "byte/s": 1, "bytes/s": 1, "bps": 1 / 8, "bit/s": 1 / 8,
-    "kb/s": 1e3, "mb/s": 1e6, "gb/s": 1e9, "kib/s": 1024, "mib/s": 1024**2, "gib/s": 1024**3,
-    "kbit/s": 1e3 / 8, "mbit/s": 1e6 / 8, "gbit/s": 1e9 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8,
-}  # fmt: skip
 BANDWIDTH_RANGE = (1.0, 1e12)
 """Rates (bytes/s) a link may have: from 1 B/s to 1 TB/s; anything outside is a typo, not a link."""
-_BW = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*([a-z/]*)\s*$", re.IGNORECASE)
+_PREFIXES = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "ki": 1024.0, "mi": 1024.0**2, "gi": 1024.0**3}
+_BW = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z/]*)\s*$")
+_UNIT = re.compile(r"^([kKmMgG]i?)?(B|b|bytes?|bits?)(/s|ps)$", re.IGNORECASE)
+
+
+def _unit_bytes(unit: str) -> float | None:
+    """Bytes per second of one ``unit`` (``KB/s`` → 1000, ``kbit/s`` → 125), or None when it is no rate unit.
+
+    The usual convention: a capital ``B`` (or ``byte``) counts bytes, a lowercase ``b`` (or ``bit``) bits; the
+    decimal prefixes k, M, G (either case) and binary Ki, Mi, Gi."""
+    m = _UNIT.match(unit)
+    if m is None:
+        return None
+    prefix, base = (m.group(1) or "").lower(), m.group(2)
+    bits = base == "b" or base.lower().startswith("bit")
+    return _PREFIXES[prefix] / (8.0 if bits else 1.0)
 
 
 def parse_bandwidth(text: str | float) -> float:
     """Parse a bandwidth into bytes per second.
 
-    Accepts a bare number (bytes/s) or a number with a unit: B/s, KB/s, MB/s, GB/s (decimal), KiB/s, MiB/s,
-    GiB/s, bit/s, kbit/s, Mbit/s, Gbit/s, bps, kbps, Mbps, Gbps (case-insensitive for the prefix; "Kb/s"
-    means kilobytes). Examples: "40KB/s" → 40,000; "5 Mbit/s" → 625,000.
+    Accepts a bare number (bytes/s) or a number with a rate unit: a capital B (or "byte") counts bytes, a
+    lowercase b (or "bit") bits, with the decimal prefixes k, M, G or the binary Ki, Mi, Gi, and "/s" or "ps":
+    "40KB/s" = "40kB/s" = "40KBps" → 40,000; "320kbit/s" = "320kb/s" = "320kbps" → 40,000; "1 KiB/s" → 1,024.
 
     Raises:
         ConfigError: unparseable text, unknown unit, or a rate ≤ 0.
@@ -237,10 +247,10 @@ def parse_bandwidth(text: str | float) -> float:
         value = float(text)
     else:
         m = _BW.match(text)
-        unit = m.group(2).lower() if m else ""
-        if not m or (unit and unit not in _UNITS):
-            raise ConfigError(f"cannot parse bandwidth {text!r} (try e.g. 40KB/s, 5 Mbit/s, 125000)")
-        value = float(m.group(1)) * (_UNITS[unit] if unit else 1.0)
+        scale = (_unit_bytes(m.group(2)) if m.group(2) else 1.0) if m else None
+        if m is None or scale is None:
+            raise ConfigError(f"cannot parse bandwidth {text!r} (try e.g. 40KB/s, 320kbit/s, 5 Mbps, 125000)")
+        value = float(m.group(1)) * scale
     if not math.isfinite(value):
         raise ConfigError(f"bandwidth must be finite, got {text!r}")
     if not BANDWIDTH_RANGE[0] <= value <= BANDWIDTH_RANGE[1]:

@@ -16,7 +16,7 @@ from coinference.errors import ConfigError
 from coinference.variant import VariantSpec
 from coinference.zoo import DEFAULT_MODEL, MODELS, file_sha256
 from search.evaluator import CachedEvaluator, Evaluate, Outcome, Table
-from search.runs import run_name, write_last_run
+from search.runs import db_url, run_name, sqlite_url, write_last_run
 from search.searchers import SEARCHERS, SearchContext, SearchOptions
 from search.space import SearchSpace
 
@@ -114,11 +114,15 @@ def open_run_table(cfg: SearchConfig) -> Table:
     """The run's lookup table: --db, else $COINFER_DB, else runs/<name>/lookup.db."""
     from storage import open_table
 
-    url = cfg.db or os.environ.get("COINFER_DB")
-    if url is None:
-        cfg.run_dir.mkdir(parents=True, exist_ok=True)
-        url = f"sqlite:///{(cfg.run_dir / 'lookup.db').resolve()}"
-    return open_table(url, name=cfg.name)
+    return open_table(table_url(cfg), name=cfg.name)
+
+
+def table_url(cfg: SearchConfig) -> str:
+    """--db, else $COINFER_DB (a URL, or a path as ``--db`` takes it), else runs/<name>/lookup.db."""
+    text = cfg.db or os.environ.get("COINFER_DB")
+    if text:
+        return db_url(text)[0]
+    return sqlite_url((cfg.run_dir / "lookup.db").resolve())
 
 
 def run_identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, str]:
@@ -177,7 +181,7 @@ def run_search(
     identity = run_identity(cfg, space)
     check_same_run(run_dir, identity)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_last_run(cfg.runs_root, cfg.name)
+    write_last_run(cfg.runs_root, cfg.name, table_url(cfg))
     own_table = table is None
     table = table or open_run_table(cfg)
     t0 = time.perf_counter()

@@ -6,10 +6,10 @@ The table a command reads, first match wins:
 
 1. ``--db``: a SQLAlchemy URL (``sqlite:///…``, ``postgresql+psycopg://…``), or a plain path to an SQLite file
    (or to a run folder holding ``lookup.db``);
-2. ``$COINFER_DB``;
+2. ``$COINFER_DB`` (the same forms as ``--db``);
 3. ``--name NAME``: ``<runs root>/NAME/lookup.db``;
-4. the run ``coinfer search`` wrote last (its name is kept in ``<runs root>/LAST_RUN``), so that the table commands
-   find ``make demo``'s table without flags;
+4. the table ``coinfer search`` wrote last (its run name and table URL are kept in ``<runs root>/LAST_RUN``), so
+   that the table commands find ``make demo``'s table without flags, wherever ``--db`` put it;
 5. the only run under the runs root that has a table; with none or several, an error says what to pass.
 """
 
@@ -72,21 +72,27 @@ def db_url(text: str) -> tuple[str, Path | None]:
     return sqlite_url(path), path
 
 
-def write_last_run(runs_root: Path, name: str) -> None:
-    """Remember ``name`` as the run the table commands read by default."""
+def write_last_run(runs_root: Path, name: str, url: str | None = None) -> None:
+    """Remember run ``name`` and its table (``url``; default: the run folder's) as what table commands read."""
     runs_root.mkdir(parents=True, exist_ok=True)
     tmp = runs_root / f".{LAST_RUN}.tmp"
-    tmp.write_text(name + "\n")
+    tmp.write_text(f"{name}\n{url or sqlite_url(runs_root / name / TABLE_FILE)}\n")
     os.replace(tmp, runs_root / LAST_RUN)
 
 
-def last_run(runs_root: Path) -> str | None:
-    """The name the last search recorded, when that run still has a table."""
+def last_run(runs_root: Path) -> tuple[str, str] | None:
+    """(name, table URL) the last search recorded, while that table still exists (an SQLite file that is gone
+    does not count)."""
     try:
-        name = (runs_root / LAST_RUN).read_text().strip()
+        lines = (runs_root / LAST_RUN).read_text().split("\n")
     except OSError:
         return None
-    return name if name and (runs_root / name / TABLE_FILE).is_file() else None
+    name = lines[0].strip()
+    url = lines[1].strip() if len(lines) > 1 and lines[1].strip() else sqlite_url(runs_root / name / TABLE_FILE)
+    if not name:
+        return None
+    _, file = db_url(url)
+    return (name, url) if file is None or file.is_file() else None
 
 
 def runs_with_tables(runs_root: Path) -> list[str]:
@@ -103,12 +109,14 @@ def find_table(db: str | None, name: str | None, runs_root: Path = DEFAULT_RUNS_
         return TableRef(url, path.parent if path is not None else runs_root / (name or "default"), "--db")
     env = os.environ.get(ENV_VAR)
     if env:
-        return TableRef(env, runs_root / (name or "default"), f"${ENV_VAR}")
+        url, path = db_url(env)
+        return TableRef(url, path.parent if path is not None else runs_root / (name or "default"), f"${ENV_VAR}")
     if name is not None:
         return TableRef(sqlite_url(runs_root / name / TABLE_FILE), runs_root / name, "--name")
     last = last_run(runs_root)
     if last is not None:
-        return TableRef(sqlite_url(runs_root / last / TABLE_FILE), runs_root / last, "last run")
+        _, path = db_url(last[1])
+        return TableRef(last[1], path.parent if path is not None else runs_root / last[0], "last run")
     found = runs_with_tables(runs_root)
     if len(found) == 1:
         return TableRef(sqlite_url(runs_root / found[0] / TABLE_FILE), runs_root / found[0], "only run")

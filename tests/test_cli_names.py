@@ -62,7 +62,7 @@ def test_find_table_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(ConfigError, match=r"several runs under .* \(a, b\)"):
         find_table(None, None, root)
     write_last_run(root, "b")
-    assert (root / LAST_RUN).read_text().strip() == "b"
+    assert (root / LAST_RUN).read_text().splitlines()[0] == "b"
     assert find_table(None, None, root).url == f"sqlite:///{(root / 'b' / 'lookup.db').absolute()}"
     assert find_table(None, "a", root).home == root / "a"
     assert find_table(str(root / "a"), None, root).url.endswith("/runs/a/lookup.db")  # a run folder
@@ -75,3 +75,11 @@ def test_find_table_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.delenv("COINFER_DB")
     assert find_table(None, None, root).how == "only run"
     assert db_url("postgresql+psycopg://u@h/db") == ("postgresql+psycopg://u@h/db", None)
+    # a search that wrote its table elsewhere (--db): the table commands still find that table
+    elsewhere = tmp_path / "elsewhere.db"
+    elsewhere.write_bytes(b"")
+    write_last_run(root, "c", f"sqlite:///{elsewhere}")
+    ref = find_table(None, None, root)
+    assert (ref.url, ref.home, ref.how) == (f"sqlite:///{elsewhere}", tmp_path, "last run")
+    monkeypatch.setenv("COINFER_DB", str(root / "a"))  # $COINFER_DB takes a path, as --db does
+    assert find_table(None, None, root).url == f"sqlite:///{(root / 'a' / 'lookup.db').absolute()}"

@@ -54,13 +54,20 @@ def test_memory_feasibility() -> None:
         ("8 kbps", 1000),
         (2.5, 2.5),
         ("1e3 B/s", 1000),
+        ("40kB/s", 40_000),
+        ("40KBps", 40_000),  # a capital B counts bytes
+        ("40 kb/s", 5_000),  # a lowercase b counts bits
+        ("320kbit/s", 40_000),
+        ("40kbps", 5_000),
+        ("2 MiB/s", 2 * 1024**2),
+        ("10 bytes/s", 10),
     ],
 )
 def test_parse_bandwidth(text, value) -> None:
     assert parse_bandwidth(text) == pytest.approx(value)
 
 
-@pytest.mark.parametrize("text", ["fast", "", "-5KB/s", "0", "10 furlongs/s", "nan"])
+@pytest.mark.parametrize("text", ["fast", "", "-5KB/s", "0", "10 furlongs/s", "nan", "40k", "40kB", "40 KB/h", "1e999"])
 def test_parse_bandwidth_rejects(text) -> None:
     with pytest.raises(ConfigError):
         parse_bandwidth(text)

@@ -65,4 +65,6 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         print("coinfer: interrupted", file=sys.stderr)
         sys.exit(130)
+    if code == 130:  # Typer turned Ctrl-C into exit code 130
+        print("coinfer: interrupted", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)

@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from search.cli import app, names, validate
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+from search.cli.common import (
+    DataDirOpt,
+    DatasetOpt,
+    ModelOpt,
+    WeightsOpt,
+    check_data_dir,
+    check_model_data,
+    check_seed,
+    console,
+)
 
 DEFAULT_MARGIN = 0.02
 """``coinference.base.DEFAULT_MARGIN`` (tests/test_cli_names.py keeps them equal)."""
@@ -32,6 +41,7 @@ def base(
 ) -> None:
     """Prepare the base model: fine-tune --weights (or train from scratch) and record its test accuracy."""
     name = check_model_data(model, weights, dataset, data_dir)
+    check_data_dir(name, data_dir)
     validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
     validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
     validate.at_least("--batch-size", batch_size, 1)

@@ -12,7 +12,16 @@ import typer
 from coinference.errors import ConfigError
 from coinference.variant import CODEC_KINDS, FIDELITIES, PRUNING_METHODS, SCHEDULES, CodecSpec, VariantSpec
 from search.cli import app, names, validate
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+from search.cli.common import (
+    DataDirOpt,
+    DatasetOpt,
+    ModelOpt,
+    WeightsOpt,
+    check_data_dir,
+    check_model_data,
+    check_seed,
+    console,
+)
 
 
 @app.command()
@@ -45,6 +54,7 @@ def build(
 ) -> None:
     """Build one variant (prune → codec → measure) and print its Measurement (cached by spec hash)."""
     name = check_model_data(model, weights, dataset, data_dir)
+    check_data_dir(name, data_dir)
     validate.in_range("--sparsity", sparsity, 0.0, 1.0, high_open=True)
     validate.in_range("--activation-sparsity", activation_sparsity, 0.0, 1.0, high_open=True)
     names.check("schedule", schedule, SCHEDULES)

@@ -38,6 +38,14 @@ def check_model_data(model: str, weights: Path | None, dataset: str | None, data
     return dataset or names.MODEL_DATASETS[model]
 
 
+def check_data_dir(dataset: str, data_dir: Path | None) -> None:
+    """A file-backed data set (cifar10) needs --data-dir: said at once, before the model or data are loaded."""
+    if data_dir is None and dataset not in names.EMBEDDED_DATASETS:
+        from coinference.errors import DataError
+
+        raise DataError(f"data set {dataset!r} is read from files: give --data-dir (its folder)")
+
+
 def check_seed(seed: int) -> int:
     """A seed torch and numpy both accept: 0 ≤ seed < 2**32."""
     if not 0 <= seed < 2**32:

@@ -11,7 +11,16 @@ import typer
 from coinference.errors import ConfigError
 from coinference.variant import CODEBOOKS
 from search.cli import app, names, validate
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+from search.cli.common import (
+    DataDirOpt,
+    DatasetOpt,
+    ModelOpt,
+    WeightsOpt,
+    check_data_dir,
+    check_model_data,
+    check_seed,
+    console,
+)
 
 if TYPE_CHECKING:
     from coinference.codec import CodecConfig
@@ -77,7 +86,7 @@ def encode(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Train a codec at a split point (head frozen) and print accuracy, bits per sample (from bytes), MACs."""
-    check_model_data(model, weights, dataset, data_dir)
+    check_data_dir(check_model_data(model, weights, dataset, data_dir), data_dir)
     names.check("codebook", codebook, CODEBOOKS)
     for opt, v in (("--channels", channels), ("--dim", dim)):
         if v is not None:

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from coinference.errors import ConfigError
 from search.cli import app, validate
 from search.cli.common import console
 from search.cli.table_options import (
@@ -57,6 +58,8 @@ def pareto(
     ref = locate(db, name, runs_root)
     png = out or ref.home / f"pareto-{device}.png"
     if not as_json:
+        if png.suffix.lower() not in (".png", ".pdf", ".svg"):
+            raise ConfigError(f"--out must end in .png, .pdf or .svg (the plot's format), got {str(png)!r}")
         validate.writable_file("--out", png)
     dev, srv = profiles(device, server)
     from coinference.latency import feasible
@@ -107,7 +110,7 @@ def pareto(
     con = console()
     t = Table(
         title=f"Pareto front on {dev.name}: {len(front)} of {len(fits)} variants that fit its memory "
-        f"({len(ok)} measured; {floor_label(floor)}; {table.url})"
+        f"({len(ok)} measured; choices at {floor_label(floor)}; {table.url})"
     )
     for col in (
         "key",

@@ -12,7 +12,16 @@ import typer
 from coinference.errors import ConfigError
 from coinference.variant import PRUNING_METHODS, SCHEDULES
 from search.cli import app, names, validate
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+from search.cli.common import (
+    DataDirOpt,
+    DatasetOpt,
+    ModelOpt,
+    WeightsOpt,
+    check_data_dir,
+    check_model_data,
+    check_seed,
+    console,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +79,7 @@ def prune(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Prune the device part for a split point, fine-tune, shrink it; print before/after figures."""
-    check_model_data(model, weights, dataset, data_dir)
+    check_data_dir(check_model_data(model, weights, dataset, data_dir), data_dir)
     validate.in_range("--sparsity", sparsity, 0.0, 1.0, high_open=True)
     validate.in_range("--activation-sparsity", activation_sparsity, 0.0, 1.0, high_open=True)
     names.check("pruning method", method, PRUNING_METHODS)

@@ -13,6 +13,7 @@ from coinference.latency import parse_bandwidth
 from search.cli import app, validate
 from search.cli.common import console
 from search.cli.table_options import (
+    BANDWIDTH_HELP,
     DbOpt,
     DeviceOpt,
     FidelityOpt,
@@ -39,7 +40,12 @@ from search.runs import DEFAULT_RUNS_ROOT
 @app.command()
 def query(
     bandwidth: Annotated[
-        str | None, typer.Option("--bandwidth", "-b", help="Link rate, e.g. 40KB/s, 5 Mbit/s (bytes/s if bare).")
+        str | None,
+        typer.Option(
+            "--bandwidth",
+            "-b",
+            help=f"{BANDWIDTH_HELP} With --table: only this rate.",
+        ),
     ] = None,
     db: DbOpt = None,
     name: NameOpt = None,
@@ -68,8 +74,8 @@ def query(
         raise ConfigError(f"--per-decade must be ≤ 100, got {per_decade}")
     if not table_ and bandwidth is None:
         raise ConfigError("give --bandwidth (e.g. 40KB/s), or --table for every rate")
-    if table_ and key_only:
-        raise ConfigError("--key prints one variant: use it without --table")
+    if key_only and (table_ or as_json):
+        raise ConfigError(f"--key prints one variant's key: use it without {'--table' if table_ else '--json'}")
     lk = link(bandwidth, rtt) if bandwidth is not None else None
     ref = locate(db, name, runs_root)
     dev, srv = profiles(device, server)

@@ -13,7 +13,16 @@ from coinference.errors import ConfigError
 from coinference.latency import device_names
 from coinference.variant import FIDELITIES
 from search.cli import app, names, validate
-from search.cli.common import DataDirOpt, DatasetOpt, ModelOpt, WeightsOpt, check_model_data, check_seed, console
+from search.cli.common import (
+    DataDirOpt,
+    DatasetOpt,
+    ModelOpt,
+    WeightsOpt,
+    check_data_dir,
+    check_model_data,
+    check_seed,
+    console,
+)
 from search.runs import DEFAULT_RUNS_ROOT, db_url
 
 if TYPE_CHECKING:
@@ -60,7 +69,8 @@ def search(
         float | None,
         typer.Option(
             help="Absolute accuracy floor in [0, 1]: variants below it are infeasible for the searcher and "
-            "the report's choices (default: best measured − 0.02, for the report's choices only)."
+            "the report's choices (default: the best accuracy that fits --device − 0.02, for the report's choices "
+            "only)."
         ),
     ] = None,
     device: Annotated[
@@ -90,6 +100,8 @@ def search(
     validate.run_name(name)
     validate.writable_dir("--runs-root", runs_root)
     db_file = None
+    if db is None and os.environ.get("COINFER_DB"):
+        db = os.environ["COINFER_DB"]  # the same forms as --db (checked the same way)
     if db is not None:
         db, db_file = db_url(db)
         if db_file is not None and not db_file.exists():
@@ -101,6 +113,8 @@ def search(
     if resume and not (run_dir / "evaluations.jsonl").exists():
         raise ConfigError(f"nothing to resume: {run_dir / 'evaluations.jsonl'} does not exist")
     evaluate = load_evaluator(evaluator) if evaluator else None
+    if evaluate is None:
+        check_data_dir(dataset_name, data_dir)
 
     from search.evaluator import Outcome
     from search.run import SearchConfig, check_same_run, make_space, run_identity, run_search
@@ -161,6 +175,6 @@ def search(
     render(result.report, con)
     con.print(
         f"{len(result.keys)} variants ({result.built} built now, {result.failed} failed) in {result.seconds:.1f} s; "
-        f"table: {cfg.db or os.environ.get('COINFER_DB') or run_dir / 'lookup.db'}; report: {result.report.markdown}"
+        f"table: {cfg.db or run_dir / 'lookup.db'}; report: {result.report.markdown}"
         + (f", plot: {result.report.plot}" if result.report.plot else "")
     )

@@ -24,8 +24,8 @@ DbOpt = Annotated[
     str | None,
     typer.Option(
         "--db",
-        help="Lookup table: a SQLAlchemy URL or an SQLite file path (default: $COINFER_DB, else the table of "
-        "--name, else of the run the last `coinfer search` wrote).",
+        help="Lookup table: a SQLAlchemy URL, an SQLite file path or a run folder (default: $COINFER_DB, else the "
+        "table of --name, else of the run the last `coinfer search` wrote).",
     ),
 ]
 NameOpt = Annotated[
@@ -42,7 +42,8 @@ MinAccOpt = Annotated[
         "--min-accuracy", help="Accuracy floor in [0, 1] (default: best accuracy that fits the device − 0.02; 0: none)."
     ),
 ]
-BandwidthOpt = Annotated[str, typer.Option("--bandwidth", "-b", help="Link rate, e.g. 40KB/s, 5 Mbit/s, 125000.")]
+BANDWIDTH_HELP = "Link rate: 40KB/s (B = bytes), 320kbit/s or 320kbps (b = bits), 125000 (bytes/s)."
+BandwidthOpt = Annotated[str, typer.Option("--bandwidth", "-b", help=BANDWIDTH_HELP)]
 FidelityOpt = Annotated[
     str | None,
     typer.Option(
