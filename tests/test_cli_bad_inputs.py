@@ -154,6 +154,8 @@ def _table_option_cases() -> list[tuple[str, str, Expected]]:
             (f"{cmd}-name-nested", f"{pre} --name a/b", "a/b"),
             (f"{cmd}-name-empty", f"{pre} --name ''", "--name"),
             (f"{cmd}-name-dot", f"{pre} --name .", "--name"),
+            (f"{cmd}-fidelity-unknown", f"{pre} --fidelity medium", "medium"),
+            (f"{cmd}-runs-root-under-file", f"{bare} --runs-root {{file}}/runs", ("no lookup table", "file.txt")),
         ]
     return cases
 
@@ -311,6 +313,12 @@ CASES: list[tuple[str, str, Expected]] = [
     ("query-table-per-decade-negative", "query --db {db} --table --per-decade -2", "-2"),
     ("query-table-bandwidth-bad", "query --db {db} --table -b fast", "fast"),
     ("query-default-table-missing", "query -b 40KB/s --name nosuchrun", "nosuchrun"),
+    ("query-key-with-table", "query --db {db} --table --key", ("--key", "--table")),
+    ("query-key-with-json", f"{QUERY} --key --json", ("--key", "--json")),
+    ("query-bandwidth-per-hour", "query --db {db} -b '40 KB/h'", "40 KB/h"),
+    ("query-bandwidth-no-rate", "query --db {db} -b 40kB", "40kB"),
+    ("pareto-out-not-an-image", f"{PARETO} --out front.txt", "front.txt"),
+    ("search-retry-failed-takes-no-value", f"{SEARCH} --retry-failed yes", "yes"),
     # ------------------------------------------------------------------------------------------------ export
     ("export-out-exists-without-force", "export --db {xdb} -b 40KB/s --out {existing}", ("--force", "!overwrite")),
     ("export-out-under-file", "export --db {xdb} -b 40KB/s --out {file}/export", "file.txt"),
