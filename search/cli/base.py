@@ -15,7 +15,7 @@ from search.cli.common import (
     WeightsOpt,
     check_data_dir,
     check_model_data,
-    check_seed,
+    check_training,
     console,
 )
 
@@ -42,12 +42,7 @@ def base(
     """Prepare the base model: fine-tune --weights (or train from scratch) and record its test accuracy."""
     name = check_model_data(model, weights, dataset, data_dir)
     check_data_dir(name, data_dir)
-    validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
-    validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
-    validate.at_least("--batch-size", batch_size, 1)
-    if subset is not None:
-        validate.at_least("--subset", subset, 1)
-    check_seed(seed)
+    check_training(lr, epochs, batch_size, seed, subset)
     validate.in_range("--margin", margin, 0.0, 1.0, high_open=True)
     path = out or Path("runs/base") / f"{model}-{name}.pt"
     validate.writable_file("--out", path)

@@ -46,6 +46,26 @@ def check_data_dir(dataset: str, data_dir: Path | None) -> None:
         raise DataError(f"data set {dataset!r} is read from files: give --data-dir (its folder)")
 
 
+def check_training(
+    lr: float,
+    epochs: float,
+    batch_size: int,
+    seed: int,
+    subset: int | None = None,
+    steps: int | None = None,
+    test_limit: int | None = None,
+) -> None:
+    """The training options base, prune and encode share: a positive finite lr and epoch count, at least one image
+    per batch, step, training subset image and test image, and a seed torch accepts."""
+    validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
+    validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
+    validate.at_least("--batch-size", batch_size, 1)
+    for option, value in (("--subset", subset), ("--steps", steps), ("--test-limit", test_limit)):
+        if value is not None:
+            validate.at_least(option, value, 1)
+    check_seed(seed)
+
+
 def check_seed(seed: int) -> int:
     """A seed torch and numpy both accept: 0 ≤ seed < 2**32."""
     if not 0 <= seed < 2**32:

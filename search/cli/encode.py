@@ -18,7 +18,7 @@ from search.cli.common import (
     WeightsOpt,
     check_data_dir,
     check_model_data,
-    check_seed,
+    check_training,
     console,
 )
 
@@ -92,17 +92,8 @@ def encode(
         if v is not None:
             validate.at_least(opt, v, 1)
     validate.at_least("--stride", stride, 1)
-    validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
-    validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
     validate.in_range("--base-epochs", base_epochs, 0.0, 10_000.0, low_open=True)
-    if steps is not None:
-        validate.at_least("--steps", steps, 1)
-    validate.at_least("--batch-size", batch_size, 1)
-    if subset is not None:
-        validate.at_least("--subset", subset, 1)
-    if test_limit is not None:
-        validate.at_least("--test-limit", test_limit, 1)
-    check_seed(seed)
+    check_training(lr, epochs, batch_size, seed, subset, steps, test_limit)
     import torch
 
     from coinference.codec import evaluate_codec, train_codec
@@ -130,8 +121,6 @@ def encode(
         feature = next(s.feature_shape for s in profile_model(net, data.input_shape).splits if s.index == point.index)
         latent_shape(feature, cfg.channels, cfg.dim, cfg.stride)
     if test_limit is not None:
-        if test_limit < 1:
-            raise ConfigError(f"--test-limit must be >= 1, got {test_limit}")
         data = replace(data, test_x=data.test_x[:test_limit], test_y=data.test_y[:test_limit])
     torch.manual_seed(seed)
     with cli_progress():

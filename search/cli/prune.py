@@ -19,7 +19,7 @@ from search.cli.common import (
     WeightsOpt,
     check_data_dir,
     check_model_data,
-    check_seed,
+    check_training,
     console,
 )
 
@@ -88,16 +88,7 @@ def prune(
     names.check("optimizer", optimizer, ("adam", "sgd"))
     validate.at_least("--iterations", iterations, 1)
     validate.in_range("--distill", distill, 0.0, 1.0)
-    validate.in_range("--lr", lr, 0.0, 10.0, low_open=True)
-    validate.in_range("--epochs", epochs, 0.0, 10_000.0, low_open=True)
-    if steps is not None:
-        validate.at_least("--steps", steps, 1)
-    validate.at_least("--batch-size", batch_size, 1)
-    if subset is not None:
-        validate.at_least("--subset", subset, 1)
-    if test_limit is not None:
-        validate.at_least("--test-limit", test_limit, 1)
-    check_seed(seed)
+    check_training(lr, epochs, batch_size, seed, subset, steps, test_limit)
     steps_list = _steps_list(schedule_steps)
     for v in steps_list:
         validate.in_range("--schedule-steps", v, 0.0, 1.0, high_open=True)
