@@ -116,7 +116,9 @@ def find_table(db: str | None, name: str | None, runs_root: Path = DEFAULT_RUNS_
     last = last_run(runs_root)
     if last is not None:
         _, path = db_url(last[1])
-        return TableRef(last[1], path.parent if path is not None else runs_root / last[0], "last run")
+        own = runs_root / last[0]  # the run folder's own table: its home as the user names it (runs/<name>)
+        home = own if path is None or path.absolute() == (own / TABLE_FILE).absolute() else path.parent
+        return TableRef(last[1], home, "last run")
     found = runs_with_tables(runs_root)
     if len(found) == 1:
         return TableRef(sqlite_url(runs_root / found[0] / TABLE_FILE), runs_root / found[0], "only run")
