@@ -55,7 +55,8 @@ def show(
         t.add_row(f"spec.{k}", json.dumps(v) if isinstance(v, dict) else str(v))
     if r.measurement is not None:
         for k, v in r.measurement.to_dict().items():
-            t.add_row(f"measurement.{k}", f"{v:,}" if isinstance(v, int) else str(v))
+            text = json.dumps(v) if isinstance(v, dict) else f"{v:,}" if isinstance(v, int) else str(v)
+            t.add_row(f"measurement.{k}", text)
         t.add_row("measurement.device_memory_bytes", f"{r.measurement.device_memory_bytes:,}")
     for a in r.artifacts.values():
         t.add_row(f"artifact.{a.name}", f"{a.path} ({a.size_bytes:,} B, sha256 {a.sha256[:16]}…)")
