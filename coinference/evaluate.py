@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from coinference.data import ImageData
-from coinference.progress import ignore, phase
+from coinference.progress import phase
 
 INFERENCE_BATCH = 128
 """Images per batch of batched inference (evaluation, head features, the base model's logits, entropy-model
@@ -47,8 +47,7 @@ def outputs(
     the :func:`coinference.progress.phase` it runs in (one unit per image; None: none)."""
     nhwc = torch.channels_last
     out: list[torch.Tensor] = []
-    tracked = phase(progress, len(x_uint8), "image") if progress is not None else nullcontext(ignore)
-    with eval_mode(model), tracked as advance:
+    with eval_mode(model), phase(progress, len(x_uint8), "image") as advance:
         for i in range(0, len(x_uint8), batch_size):
             batch = x_uint8[i : i + batch_size]
             out.append(model(data.normalize(batch).contiguous(memory_format=nhwc)).contiguous())

@@ -79,19 +79,19 @@ def reporting(sink: ProgressSink | None) -> Iterator[None]:
 
 
 @contextmanager
-def phase(description: str, total: int | None = None, unit: str = "step") -> Iterator[Advance]:
+def phase(description: str | None, total: int | None = None, unit: str = "step") -> Iterator[Advance]:
     """A phase of work for the block: the installed sink hears when it starts, advances and ends.
 
     Args:
-        description: what the phase does (one short line).
+        description: what the phase does (one short line); None opens no phase (a caller's way to stay silent).
         total: units of work it will do (None: unknown, e.g. a phase made of sub-phases).
         unit: what one unit is, singular.
 
     Yields:
-        ``advance(n=1)``: report ``n`` more units done. Without a sink it is :func:`ignore`.
+        ``advance(n=1)``: report ``n`` more units done. Without a sink (or a description) it is :func:`ignore`.
     """
     sink = _sink.get()
-    if sink is None:
+    if sink is None or description is None:
         yield ignore
         return
     pid, depth = next(_ids), _depth.get()

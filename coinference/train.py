@@ -6,7 +6,6 @@ not by copying it.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +18,7 @@ from torch import nn
 
 from coinference.data import ImageData
 from coinference.errors import ConfigError, TrainingError
-from coinference.progress import ignore, phase
+from coinference.progress import phase
 
 
 @dataclass(frozen=True)
@@ -252,8 +251,7 @@ def fit(
     nhwc = [p for g in opt.param_groups for p in g["params"] if p.dim() == 4] if cfg.channels_last else []
     for p in nhwc:  # the same Parameter objects (the optimizer keeps them), in the other layout
         p.data = p.data.contiguous(memory_format=torch.channels_last)
-    tracked = phase(progress, total) if progress is not None else contextlib.nullcontext(ignore)
-    with tracked as advance:
+    with phase(progress, total) as advance:
         try:
             for step, (x, y) in zip(range(total), source, strict=False):
                 if nhwc and x.dim() == 4:

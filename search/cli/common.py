@@ -22,7 +22,6 @@ DatasetOpt = Annotated[
     typer.Option("--dataset", "-d", help=f"Data set: {', '.join(names.DATASETS)} (default: the model's)."),
 ]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Folder of a file-backed data set (cifar10).")]
-SeedOpt = Annotated[int, typer.Option(help="Random seed.")]
 
 
 def check_model_data(model: str, weights: Path | None, dataset: str | None, data_dir: Path | None) -> str:

@@ -123,12 +123,10 @@ def prune(
         cfg: PruneConfig | TwoStepConfig = PruneConfig(
             sparsity, activation_sparsity, sched, train, residual, distill=distill
         )
-    elif method == "two-step":
+    else:  # two-step (the method name was checked with the other arguments)
         if distill:
             raise ConfigError(f"--distill {distill} applies to the incremental method, not two-step")
         cfg = TwoStepConfig(activation_sparsity=activation_sparsity, round_train=train)
-    else:
-        raise ConfigError(f"pruning method {method!r} unknown; valid: incremental, two-step")
     _, net, data = model_and_data(model, weights, dataset, data_dir, need_data=True)
     assert data is not None
     point = net.split_point(split)  # a bad split fails before any training

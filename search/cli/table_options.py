@@ -14,6 +14,7 @@ import typer
 
 from coinference.latency import SERVERS, DeviceProfile, Link, ServerProfile, device_names, device_profile
 from coinference.latency import parse_bandwidth as _parse_bandwidth
+from coinference.variant import FIDELITIES
 from search.cli import names, validate
 from search.runs import DEFAULT_RUNS_ROOT, TableRef, find_table
 
@@ -47,7 +48,7 @@ BandwidthOpt = Annotated[str, typer.Option("--bandwidth", "-b", help=BANDWIDTH_H
 FidelityOpt = Annotated[
     str | None,
     typer.Option(
-        "--fidelity", help="Only variants built at this fidelity: smoke, fast or full (default: all of them)."
+        "--fidelity", help=f"Only variants built at this fidelity: {', '.join(FIDELITIES)} (default: all of them)."
     ),
 ]
 
@@ -87,8 +88,6 @@ def check_min_accuracy(min_accuracy: float | None) -> float | None:
 
 
 def check_fidelity(fidelity: str | None) -> str | None:
-    from coinference.variant import FIDELITIES
-
     return None if fidelity is None else names.check("fidelity", fidelity, FIDELITIES)
 
 
