@@ -415,12 +415,12 @@ def table(args: argparse.Namespace, base_spec: VariantSpec) -> tuple[dict[str, l
             flush=True,
         )
 
-    dense = on_device_only(model, data, fid.test_limit)
+    dense = on_device_only(model, data, fid.eval_limit)
     threshold = dense.accuracy - args.margin
-    print(f"base on the {fid.test_limit or 'all'} evaluated test images: {100 * dense.accuracy:.2f}% → threshold "
+    print(f"base on the {fid.eval_limit or 'all'} evaluated validation images: {100 * dense.accuracy:.2f}% → threshold "
           f"{100 * threshold:.2f}%")  # fmt: skip
     add("on-device", None, dense, "all on device")
-    add("server-png", None, server_png(model, data, fid.test_limit, fid.bits_limit), "PNG to server")
+    add("server-png", None, server_png(model, data, fid.eval_limit, fid.bits_limit), "PNG to server")
     for method, specs in baseline_specs(base_spec, {s: shapes[s] for s in stage_splits}).items():
         for spec in specs:
             try:

@@ -18,28 +18,32 @@ from coinference.variant import CodecSpec, Measurement, VariantSpec
 from coinference.zoo import SplittableModel
 
 
-def on_device_only(model: SplittableModel, data: ImageData, test_limit: int | None = None) -> Measurement:
-    """The whole model on the device; only the predicted class index (ceil(log2 classes) bits) is sent."""
-    d = data.first_test(test_limit)
-    cost = module_cost(model, d.input_shape)
-    bits = max(1, math.ceil(math.log2(d.num_classes)))
+def on_device_only(model: SplittableModel, data: ImageData, eval_limit: int | None = None) -> Measurement:
+    """The whole model on the device; only the predicted class index (ceil(log2 classes) bits) is sent.
+    Accuracy on the first ``eval_limit`` validation images (selection) and test images (reported)."""
+    val = data.evaluated_on("val").first_test(eval_limit)
+    test = data.first_test(eval_limit)
+    cost = module_cost(model, data.input_shape)
+    bits = max(1, math.ceil(math.log2(data.num_classes)))
     return Measurement(
-        accuracy(model, d), cost.macs, 0, float(bits), bits,
+        accuracy(model, val), cost.macs, 0, float(bits), bits, test_accuracy=accuracy(model, test),
         device_param_bytes=cost.param_bytes, device_peak_activation_bytes=cost.peak_activation_bytes,
         versions={"torch": torch.__version__},
     )  # fmt: skip
 
 
 def server_png(
-    model: SplittableModel, data: ImageData, test_limit: int | None = None, bits_limit: int | None = None
+    model: SplittableModel, data: ImageData, eval_limit: int | None = None, bits_limit: int | None = None
 ) -> Measurement:
     """The device sends the PNG-compressed image (lossless, so accuracy is the base model's); the server runs
-    the whole model. Bits are the PNG sizes at batch 1 (mean, max) over ``bits_limit`` test images."""
-    d = data.first_test(test_limit)
-    sizes = png_sizes(d.test_x[:bits_limit], sample=None)
-    cost = module_cost(model, d.input_shape)
+    the whole model. Bits are the PNG sizes at batch 1 (mean, max) over ``bits_limit`` validation images;
+    accuracy on the first ``eval_limit`` validation images (selection) and test images (reported)."""
+    val = data.evaluated_on("val").first_test(eval_limit)
+    test = data.first_test(eval_limit)
+    sizes = png_sizes(val.test_x[:bits_limit], sample=None)
+    cost = module_cost(model, data.input_shape)
     return Measurement(
-        accuracy(model, d), 0, cost.macs, float(sizes.mean()), int(sizes.max()),
+        accuracy(model, val), 0, cost.macs, float(sizes.mean()), int(sizes.max()), test_accuracy=accuracy(model, test),
         versions={"torch": torch.__version__},
     )  # fmt: skip
 

@@ -2,16 +2,17 @@
 
 ``build_and_measure(spec)`` runs: base model (given weights, or trained from scratch and cached) → split and
 prune the device part (phase 1; cached per (model, weights, split, sparsity, schedule, method, activation
-sparsity, fidelity, seed) and so reused across codec settings) → train the codec on the frozen pruned head
-(phase 2) → evaluate accuracy and count bits from real bytes at batch 1. Measurements are cached on disk by
-spec hash: a repeated spec costs nothing.
+sparsity, fidelity, seed, validation split) and so reused across codec settings) → train the codec on the frozen
+pruned head (phase 2) → evaluate accuracy and count bits from real bytes at batch 1 on the validation images
+(what selects), and accuracy on the test images (reported only). Every phase trains on the training images minus
+the validation split. Measurements are cached on disk by spec hash: a repeated spec costs nothing.
 
 Cache layout under ``cache_dir`` (default ``runs/cache``)::
 
-    base/<model>-<dataset>-scratch-<fidelity>-s<seed>.pt    base models trained from scratch
+    base/<model>-<dataset>-scratch-<fidelity>-s<seed>[-val<n>].v2.pt   base models trained from scratch
     teacher/<hash>.pt                                         a base model's logits on every training image
     pruned/<hash>.pt                                          phase-1 results (coinference.pruned/1 format)
-    measurements/<spec key>.json                              Measurement of a spec
+    measurements/<spec key>-<preset>.m2.json                  Measurement of a spec
     variants/<spec key>/{spec.json,device.pt,codec.pt}        artifacts for export (when kept)
 """
 
@@ -190,18 +191,19 @@ class Builder:
     def base(self, spec: VariantSpec) -> tuple[SplittableModel, ImageData]:
         """The base model and its data for ``spec`` (cached)."""
         self._check_weights(spec)
-        key = (spec.model, spec.dataset, spec.fidelity, spec.seed)
+        key = (spec.model, spec.dataset, spec.fidelity, spec.seed, spec.val_size)
         if key not in self._bases:
             weights = self.weights
             if weights is None:
                 fid = self.fidelity(spec)
-                weights = self.cache / "base" / f"{spec.model}-{spec.dataset}-scratch-{spec.fidelity}-s{spec.seed}.pt"
+                val = "" if spec.val_size is None else f"-val{spec.val_size}"
+                name = f"{spec.model}-{spec.dataset}-scratch-{spec.fidelity}-s{spec.seed}{val}.v2.pt"
+                weights = self.cache / "base" / name
                 if not weights.is_file():
                     with phase("base"):
-                        prepare_base(
-                            spec.model, spec.dataset, replace(fid.base, seed=spec.seed), None, self.data_dir, weights
-                        )
-            self._bases[key] = load_base(spec.model, spec.dataset, weights, self.data_dir)
+                        train = replace(fid.base, seed=spec.seed)
+                        prepare_base(spec.model, spec.dataset, train, None, self.data_dir, weights, spec.val_size)
+            self._bases[key] = load_base(spec.model, spec.dataset, weights, self.data_dir, spec.val_size)
         return self._bases[key]
 
     def teacher_logits(self, spec: VariantSpec) -> torch.Tensor:
@@ -210,7 +212,7 @@ class Builder:
         model, data = self.base(spec)
         scratch = self.weights is None  # a base trained from scratch depends on the preset and the seed
         key = _digest([spec.model, spec.dataset, self.weights_sha, spec.fidelity if scratch else "",
-                       spec.seed if scratch else 0, len(data.train_x)])  # fmt: skip
+                       spec.seed if scratch else 0, len(data.train_x), data.split_id])  # fmt: skip
         if key in self._teacher:
             return self._teacher[key]
 
@@ -231,10 +233,11 @@ class Builder:
 
     def prune(self, spec: VariantSpec, fid: Fidelity) -> PrunedDevice:
         """Phase 1 for ``spec`` (cached in memory and on disk)."""
-        self.base(spec)  # a spec for other base weights fails here, even on a cache hit
+        _, data = self.base(spec)  # a spec for other base weights fails here, even on a cache hit
         key = _digest(
             [spec.model, spec.dataset, spec.weights_sha256, spec.split, spec.sparsity, spec.schedule, spec.pruning,
-             spec.activation_sparsity, fid.prune, spec.seed] + ([fid.prune_distill] if fid.prune_distill else [])
+             spec.activation_sparsity, fid.prune, spec.seed, data.split_id]
+            + ([fid.prune_distill] if fid.prune_distill else [])
         )  # fmt: skip
         if key in self._pruned:
             return self._pruned[key]
@@ -259,7 +262,7 @@ class Builder:
             cfg2 = TwoStepConfig(
                 activation_sparsity=spec.activation_sparsity,
                 round_train=replace(train, steps=max(1, train.total_steps(len(data.train_x)) // 20)),
-                eval_images=min(1000, len(data.test_x)),
+                eval_images=min(1000, len(data.val_x)),
             )
             return prune_two_step(model, spec.split, data, cfg2)
         nothing = spec.sparsity == 0 and spec.activation_sparsity == 0
@@ -302,16 +305,20 @@ class Builder:
                 teacher=model if base else None,
                 teacher_logits=teacher_logits,
             )
-        test = data.first_test(fid.test_limit)
         with phase("evaluate"):
-            ev = evaluate_codec(codec, pruned.head, test, bits_samples=fid.bits_limit, seed=spec.seed)
+            # validation images: the accuracy and bits that select; test images: an accuracy only reported
+            val = data.evaluated_on("val").first_test(fid.eval_limit)
+            ev = evaluate_codec(codec, pruned.head, val, bits_samples=fid.bits_limit, seed=spec.seed)
+            test = data.first_test(fid.eval_limit)
+            test_acc = evaluate_codec(codec, pruned.head, test, bits_samples=0, verify=0, seed=spec.seed).accuracy
         head_cost = module_cost(nn.Sequential(pruned.head, codec.encoder), pruned.input_shape)
         tail_macs = module_cost(pruned.tail, pruned.feature_shape).macs
         uses = ev.channel_uses if codec.codec.kind == "jscc-awgn" else None
         bits_mean = float(ev.bits_mean) if ev.bits_mean is not None else float(ev.channel_uses or 0)
         bits_max = int(ev.bits_max) if ev.bits_max is not None else int(ev.channel_uses or 0)
         m = Measurement(
-            accuracy=ev.accuracy,
+            val_accuracy=ev.accuracy,
+            test_accuracy=test_acc,
             device_macs=head_cost.macs,
             server_macs=tail_macs + ev.decoder_macs,
             bits_mean=bits_mean,
@@ -337,7 +344,8 @@ class Builder:
         """The Measurement of ``spec``: from the disk cache when present, else built (and cached)."""
         self._check_weights(spec)
         # the preset's budgets are part of the cache key: a changed preset never answers with stale results
-        path = self.cache / "measurements" / f"{spec.key}-{_digest(asdict(self.fidelity(spec)))[:12]}.json"
+        # m2: measurements with validation and test accuracy (m1 files, test accuracy only, are never read)
+        path = self.cache / "measurements" / f"{spec.key}-{_digest(asdict(self.fidelity(spec)))[:12]}.m2.json"
 
         def compute() -> Measurement:
             built = self.build(spec)

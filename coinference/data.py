@@ -12,7 +12,7 @@ import pickle
 import tarfile
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +22,20 @@ import torch
 from coinference.errors import ConfigError, DataError
 from coinference.registry import Registry
 
+VAL_FRACTION = 0.1
+"""Default validation split: this fraction of a data set's training images (CIFAR-10: 5,000 of 50,000)."""
+VAL_SEED = 0
+"""Seed of the stratified draw of the validation images: fixed, so every process and run holds out the same ones."""
+
 
 @dataclass(frozen=True, eq=False)
 class ImageData:
-    """A train/test split of images with the normalisation the models use.
+    """Train, validation and test images with the normalisation the models use.
+
+    The validation images are held out of the training images (:func:`hold_out_validation`) and never trained
+    on: everything that *chooses* (a variant's accuracy in a search, thresholds, fronts, floors, stopping rules)
+    reads them. The test images are only reported. Evaluation functions read ``test_x``/``test_y``;
+    :meth:`evaluated_on` gives a view whose evaluated images are the validation ones.
 
     Attributes:
         name: registry name of the data set.
@@ -36,6 +46,12 @@ class ImageData:
         mean: per-channel mean of the [0, 1]-scaled pixels used for normalisation.
         std: per-channel standard deviation used for normalisation.
         classes: class names, index order.
+        val_x: uint8 validation images, shape (N_val, C, H, W) (empty: no validation split).
+        val_y: int64 validation labels, shape (N_val,).
+        split_id: names the train/validation partition (e.g. ``val5000-s0``; ``""``: none); part of every cache
+            key of what is trained on the training images.
+        evaluated: which images ``test_x``/``test_y`` hold: ``"test"``, or ``"val"`` in an :meth:`evaluated_on`
+            view.
     """
 
     name: str
@@ -46,6 +62,10 @@ class ImageData:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: tuple[str, ...]
+    val_x: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.uint8))
+    val_y: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    split_id: str = ""
+    evaluated: str = "test"
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -64,26 +84,88 @@ class ImageData:
         return (x.float() / 255.0 - mean) / std
 
     def first_test(self, n: int | None) -> ImageData:
-        """The same data with only the first ``n`` test images (None or n ≥ N: unchanged)."""
+        """The same data with only the first ``n`` evaluated images (None or n ≥ N: unchanged)."""
         if n is None or n >= len(self.test_x):
             return self
         return replace(self, test_x=self.test_x[:n], test_y=self.test_y[:n])
+
+    def evaluated_on(self, split: str) -> ImageData:
+        """A view whose evaluated images (``test_x``/``test_y``) are the ``"val"`` or the ``"test"`` images.
+
+        Raises:
+            DataError: ``"val"`` on data without a validation split.
+        """
+        if split not in ("val", "test"):
+            raise ConfigError(f"evaluation split must be 'val' or 'test', got {split!r}")
+        if split == self.evaluated:
+            return self
+        if self.evaluated != "test":
+            raise ConfigError("evaluated_on() takes the full data, not a view")
+        if split == "val" and len(self.val_y) == 0:
+            raise DataError(f"data set {self.name!r} has no validation split")
+        return replace(self, test_x=self.val_x, test_y=self.val_y, evaluated="val")
 
     def with_normalization(self, mean: tuple[float, ...], std: tuple[float, ...]) -> ImageData:
         """The same images with another normalisation (e.g. the one a pretrained checkpoint was trained with)."""
         if len(mean) != self.input_shape[0] or len(std) != self.input_shape[0]:
             raise ConfigError(f"normalisation needs {self.input_shape[0]} channels, got mean={mean} std={std}")
-        return ImageData(self.name, self.train_x, self.train_y, self.test_x, self.test_y, mean, std, self.classes)
+        return replace(self, mean=tuple(mean), std=tuple(std))
+
+
+def default_val_size(n_train: int) -> int:
+    """The validation images held out of ``n_train`` training images by default (:data:`VAL_FRACTION`, ≥ 1)."""
+    return max(1, round(n_train * VAL_FRACTION))
+
+
+def hold_out_validation(data: ImageData, val_size: int | None = None, seed: int = VAL_SEED) -> ImageData:
+    """``data`` with ``val_size`` training images moved to a validation split (None: :func:`default_val_size`).
+
+    The draw is stratified by class (each class keeps its share, as far as counts allow) and seeded, so the same
+    data set, size and seed always hold out the same images; the training images keep their order otherwise.
+
+    Raises:
+        DataError: ``val_size`` < 1, or so large that no training image would be left (the message names it).
+    """
+    n = len(data.train_y)
+    if len(data.val_y):
+        raise ConfigError(f"data set {data.name!r} already has a validation split")
+    size = default_val_size(n) if val_size is None else val_size
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1 or size >= n:
+        raise DataError(f"validation size must be an integer in [1, {n - 1}] for {data.name}'s {n:,} training images, "
+                        f"got {val_size}")  # fmt: skip
+    from sklearn.model_selection import train_test_split
+
+    y = data.train_y.numpy()
+    counts = np.bincount(y)
+    counts = counts[counts > 0]
+    # stratified when each class can give an image to both sides (sklearn's condition); else a plain seeded draw
+    can = counts.min() >= 2 and min(size, n - size) >= len(counts)
+    stratify = y if can else None
+    train_idx, val_idx = train_test_split(np.arange(n), test_size=size, random_state=seed, stratify=stratify)
+    train_idx, val_idx = np.sort(train_idx), np.sort(val_idx)
+    t_idx, v_idx = torch.from_numpy(train_idx), torch.from_numpy(val_idx)
+    return replace(
+        data,
+        train_x=data.train_x[t_idx],
+        train_y=data.train_y[t_idx],
+        val_x=data.train_x[v_idx],
+        val_y=data.train_y[v_idx],
+        split_id=f"val{size}-s{seed}",
+    )
 
 
 DatasetFactory = Callable[..., ImageData]
 DATASETS: Registry[DatasetFactory] = Registry("data set")
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, **kwargs: Any) -> ImageData:
-    """Load the data set registered as ``name`` (``data_dir`` is required by file-backed sets such as cifar10)."""
+def load_dataset(
+    name: str, data_dir: str | Path | None = None, *, val_size: int | None = None, **kwargs: Any
+) -> ImageData:
+    """Load the data set registered as ``name`` (``data_dir`` is required by file-backed sets such as cifar10),
+    with ``val_size`` of its training images held out as the validation split (None: the default
+    :data:`VAL_FRACTION`; see :func:`hold_out_validation`)."""
     factory = DATASETS.get(name)
-    return factory(data_dir=data_dir, **kwargs)
+    return hold_out_validation(factory(data_dir=data_dir, **kwargs), val_size)
 
 
 # --------------------------------------------------------------------------------------------- digits

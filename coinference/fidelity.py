@@ -21,10 +21,11 @@ class Fidelity:
     """Pruning phase (device part fine-tuned under incremental masks)."""
     codec: TrainConfig
     """Codec phase (encoder/decoder trained, backbone frozen)."""
-    test_limit: int | None
-    """Evaluate on the first N test images only (None: the whole test set)."""
+    eval_limit: int | None
+    """Evaluate on the first N validation images (the accuracy that selects) and the first N test images (the
+    accuracy reported); None: all of each."""
     bits_limit: int | None
-    """Count bytes at batch 1 on the first N test images (None: all evaluated images)."""
+    """Count bytes at batch 1 on the first N evaluated validation images (None: all of them)."""
     codec_tail: bool = False
     """Fine-tune the server tail together with the codec (the tail is then part of the variant's artifacts)."""
     prune_distill: float = 0.0
@@ -57,7 +58,7 @@ for _f in (
         TrainConfig(steps=30, batch_size=32, lr=0.05, schedule="onecycle"),
         TrainConfig(steps=4, batch_size=16, lr=0.01),
         TrainConfig(steps=6, batch_size=16, lr=0.01, optimizer="adam", weight_decay=0.0),
-        test_limit=64,
+        eval_limit=64,
         bits_limit=16,
     ),
     Fidelity(
@@ -68,7 +69,7 @@ for _f in (
         TrainConfig(steps=100, batch_size=64, lr=0.01, schedule="cosine", augment="none"),
         # head outputs of 19,200 training images are computed once and each used once (150 × 128)
         TrainConfig(steps=150, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0, subset=19200),
-        test_limit=2000,
+        eval_limit=2000,
         bits_limit=500,
         codec_tail=True,
         prune_distill=0.9,
@@ -83,7 +84,7 @@ for _f in (
         TrainConfig(epochs=100, batch_size=128, lr=0.1, schedule="onecycle"),
         TrainConfig(epochs=30, batch_size=128, lr=0.01, schedule="cosine"),
         TrainConfig(epochs=30, batch_size=128, lr=1e-3, optimizer="adam", weight_decay=0.0),
-        test_limit=None,
+        eval_limit=None,
         bits_limit=None,
         codec_tail=True,
         prune_distill=0.9,

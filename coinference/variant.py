@@ -84,6 +84,8 @@ class CodecSpec:
 
 LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1, "codebook": "shared"}
 """Codec fields added after spec format 1, with the default at which :meth:`VariantSpec.to_dict` omits them."""
+LATER_SPEC_FIELDS: dict[str, Any] = {"val_size": None}
+"""Spec fields added after spec format 1, with the default at which :meth:`VariantSpec.to_dict` omits them."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,8 @@ class VariantSpec:
     """Training budget preset: smoke, fast or full."""
     seed: int = 0
     """Seed of every random choice in building the variant."""
+    val_size: int | None = None
+    """Training images held out as the validation split (None: the data set's default, 10 %)."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.sparsity < 1:
@@ -124,6 +128,8 @@ class VariantSpec:
             raise ConfigError(f"pruning method {self.pruning!r} unknown; valid: {', '.join(PRUNING_METHODS)}")
         if self.fidelity not in FIDELITIES:
             raise ConfigError(f"fidelity {self.fidelity!r} unknown; valid: {', '.join(FIDELITIES)}")
+        if self.val_size is not None and (isinstance(self.val_size, bool) or self.val_size < 1):
+            raise ConfigError(f"validation size must be ≥ 1, got {self.val_size}")
         if isinstance(self.codec, dict):  # tolerate a decoded dict
             object.__setattr__(self, "codec", CodecSpec(**self.codec))
 
@@ -136,6 +142,9 @@ class VariantSpec:
         for name, default in LATER_CODEC_FIELDS.items():
             if d["codec"][name] == default:
                 del d["codec"][name]
+        for name, default in LATER_SPEC_FIELDS.items():
+            if d[name] == default:
+                del d[name]
         return d
 
     def to_json(self) -> str:
@@ -181,8 +190,9 @@ class VariantSpec:
 class Measurement:
     """What a built variant measured. MACs per image; bits per image at batch size 1; bytes; seconds."""
 
-    accuracy: float
-    """Top-1 accuracy on the test set, in [0, 1]."""
+    val_accuracy: float
+    """Top-1 accuracy on the validation split (held out of the training images, never trained on), in [0, 1]:
+    the accuracy every selection reads (search objectives, thresholds, fronts, floors, queries)."""
     device_macs: int
     """Device MACs per image, including the encoder."""
     server_macs: int
@@ -190,7 +200,10 @@ class Measurement:
     bits_mean: float
     """Mean payload bits per image, from the encoded bytes (header excluded); channel uses for analog JSCC."""
     bits_max: int
-    """Largest payload in bits over the test set."""
+    """Largest payload in bits over the evaluated images."""
+    test_accuracy: float | None = None
+    """Top-1 accuracy on the test set, evaluated once per variant and stored beside it for reporting; nothing
+    chooses by it (None: not evaluated)."""
     header_bits: int = 0
     """Bits of the per-message header, counted apart from the payload."""
     channel_uses: int | None = None
@@ -209,6 +222,11 @@ class Measurement:
     """Library versions the variant was built with."""
 
     @property
+    def accuracy(self) -> float:
+        """The selection accuracy: :attr:`val_accuracy` (never the test accuracy)."""
+        return self.val_accuracy
+
+    @property
     def device_memory_bytes(self) -> int:
         """Parameters + peak activations: what the device must hold."""
         return self.device_param_bytes + self.device_peak_activation_bytes
@@ -218,6 +236,13 @@ class Measurement:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Measurement:
+        """Inverse of :meth:`to_dict`. A measurement from before the validation split (an ``accuracy`` measured
+        on test images, no ``val_accuracy``) is refused: it cannot be selected on honestly."""
+        if "val_accuracy" not in d:
+            raise ConfigError(
+                "measurement has no validation accuracy (written before the validation split, coinference < 0.2); "
+                "rebuild it"
+            )
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 

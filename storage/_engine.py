@@ -165,5 +165,6 @@ def _check_or_create(conn: Connection, url: URL, create: bool) -> None:
     if version < SCHEMA_VERSION:
         raise SchemaVersionError(
             f"lookup table {display(url)!r} has schema version {version}, older than this coinference's "
-            f"{SCHEMA_VERSION}, and no migration exists; re-run the search into a new table"
+            f"{SCHEMA_VERSION}, and no migration exists (version 2 selects on validation accuracy; older tables hold "
+            f"test accuracy only); re-run the search into a new table"
         )

@@ -31,8 +31,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 1
-"""Bumped on every change of the tables; a database with another version is refused (see ``storage._engine``)."""
+SCHEMA_VERSION = 2
+"""Bumped on every change of the tables; a database with another version is refused (see ``storage._engine``).
+2: validation and test accuracy apart (``val_accuracy`` ranks, ``test_accuracy`` is reported); 1 had one accuracy,
+measured on test images."""
 
 STATUSES = ("running", "ok", "failed")
 
@@ -81,7 +83,8 @@ class MeasurementModel(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), unique=True, nullable=False)
     # Columns for filtering and sorting in SQL; `json` holds the whole Measurement (the source of truth).
-    accuracy: Mapped[float] = mapped_column(Double, nullable=False)
+    val_accuracy: Mapped[float] = mapped_column(Double, nullable=False)
+    test_accuracy: Mapped[float | None] = mapped_column(Double, nullable=True)
     device_macs: Mapped[int] = mapped_column(BigInteger, nullable=False)
     server_macs: Mapped[int] = mapped_column(BigInteger, nullable=False)
     bits_mean: Mapped[float] = mapped_column(Double, nullable=False)

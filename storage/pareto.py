@@ -1,8 +1,10 @@
-"""Pareto front of measured variants over (accuracy ↑, device MACs ↓, bits ↓), via moocore.
+"""Pareto front of measured variants over (validation accuracy ↑, device MACs ↓, bits ↓), via moocore.
 
 Convention: every objective is **minimised**. A variant's objective vector is
 
-    f = (1 − accuracy, device MACs per image, bits per image)
+    f = (1 − validation accuracy, device MACs per image, bits per image)
+
+(the test accuracy is never an objective: it is reported, not selected on)
 
 with bits = ``bits_mean + header_bits`` (what one image puts on the link; channel uses for analog JSCC). Only
 variants with status ``ok`` and a measurement take part. Ties (identical vectors) are all kept on the front: neither
@@ -21,14 +23,14 @@ import numpy as np
 from coinference.variant import Measurement
 from storage.records import OK, VariantRecord
 
-OBJECTIVES = ("error = 1 − accuracy", "device MACs", "bits per image")
+OBJECTIVES = ("error = 1 − validation accuracy", "device MACs", "bits per image")
 REFERENCE_MARGIN = 1.1
 """Default reference point: this factor times the worst device MACs and bits (error: 1)."""
 
 
 def objectives(m: Measurement) -> tuple[float, float, float]:
-    """The minimisation vector ``(1 − accuracy, device MACs, bits per image)``."""
-    return (1.0 - float(m.accuracy), float(m.device_macs), float(m.bits_mean + m.header_bits))
+    """The minimisation vector ``(1 − validation accuracy, device MACs, bits per image)``."""
+    return (1.0 - float(m.val_accuracy), float(m.device_macs), float(m.bits_mean + m.header_bits))
 
 
 def measured(records: Sequence[VariantRecord]) -> list[VariantRecord]:
@@ -64,7 +66,7 @@ def pareto_front(records: Sequence[VariantRecord], accuracy_floor: float | None 
     """
     ok = measured(records)
     if accuracy_floor is not None:
-        ok = [r for r in ok if r.measurement is not None and r.measurement.accuracy >= accuracy_floor]
+        ok = [r for r in ok if r.measurement is not None and r.measurement.val_accuracy >= accuracy_floor]
     if not ok:
         return []
     keep = moocore.is_nondominated(objective_matrix(ok), keep_weakly=True)

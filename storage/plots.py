@@ -45,12 +45,12 @@ def plot_front(
     ax.scatter([p[1] for p in fit], [p[2] for p in fit], s=14, c="#bbbbbb", label="measured variants")
     if big:
         ax.scatter([p[1] for p in big], [p[2] for p in big], s=18, c="#888888", marker="x", label="too big for device")
-    fp = [(objectives(r.measurement), r.measurement.accuracy) for r in front if r.measurement is not None]
+    fp = [(objectives(r.measurement), r.measurement.val_accuracy) for r in front if r.measurement is not None]
     sc = ax.scatter(
         [p[0][1] for p in fp], [p[0][2] for p in fp], s=40, c=[a for _, a in fp], cmap="viridis", label="Pareto front"
     )
     if fp:
-        fig.colorbar(sc, ax=ax, label="accuracy")
+        fig.colorbar(sc, ax=ax, label="validation accuracy")
     by_key: dict[str, list[float]] = {}
     for c in choices:
         by_key.setdefault(c.key, []).append(c.bandwidth_bytes_per_s)

@@ -284,7 +284,8 @@ def _new_row(s: Session, spec: VariantSpec, run: str, status: str) -> VariantMod
 
 def _set_measurement(s: Session, row: VariantModel, m: Measurement) -> None:
     cols = {
-        "accuracy": float(m.accuracy),
+        "val_accuracy": float(m.val_accuracy),
+        "test_accuracy": None if m.test_accuracy is None else float(m.test_accuracy),
         "device_macs": int(m.device_macs),
         "server_macs": int(m.server_macs),
         "bits_mean": float(m.bits_mean),

@@ -15,14 +15,15 @@ def test_on_device_and_png(synthetic) -> None:
     total = module_cost(m, synthetic.input_shape)
     dev = on_device_only(m, synthetic)
     assert dev.device_macs == total.macs and dev.server_macs == 0 and dev.bits_mean == 2  # 4 classes
-    assert dev.accuracy == accuracy(m, synthetic)
+    val = synthetic.evaluated_on("val")
+    assert dev.val_accuracy == accuracy(m, val) and dev.test_accuracy == accuracy(m, synthetic)
     png = server_png(m, synthetic, bits_limit=10)
-    sizes = png_sizes(synthetic.test_x[:10], sample=None)
+    sizes = png_sizes(synthetic.val_x[:10], sample=None)  # bits select: counted on validation images
     assert png.device_macs == 0 and png.server_macs == total.macs
     assert png.bits_mean == sizes.mean() and png.bits_max == sizes.max()
-    assert server_png(m, synthetic, test_limit=5).accuracy == accuracy(
-        m, synthetic.__class__(**{**synthetic.__dict__, "test_x": synthetic.test_x[:5], "test_y": synthetic.test_y[:5]})
-    )
+    five = server_png(m, synthetic, eval_limit=5)
+    assert five.val_accuracy == accuracy(m, val.first_test(5))
+    assert five.test_accuracy == accuracy(m, synthetic.first_test(5))
 
 
 def test_baseline_specs_cover_every_split() -> None:

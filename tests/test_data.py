@@ -16,10 +16,11 @@ from coinference.data import (
     CIFAR10_TEST,
     CIFAR10_TRAIN,
     DATASETS,
+    VAL_FRACTION,
     download_cifar10,
     load_dataset,
 )
-from coinference.errors import DataError, UnknownNameError
+from coinference.errors import ConfigError, DataError, UnknownNameError
 
 
 def _write_batch(path: Path, n: int = 20, seed: int = 0) -> None:
@@ -51,10 +52,11 @@ def test_registry_lists_valid_names() -> None:
 def test_digits_fixed_split_and_range() -> None:
     a, b = load_dataset("digits"), load_dataset("digits")
     assert a.train_x.shape[1:] == (1, 8, 8) and a.train_x.dtype == torch.uint8
-    assert len(a.train_x) + len(a.test_x) == 1797
+    assert len(a.train_x) + len(a.val_x) + len(a.test_x) == 1797
     assert torch.equal(a.test_x, b.test_x) and torch.equal(a.test_y, b.test_y)
+    assert torch.equal(a.val_x, b.val_x) and torch.equal(a.train_x, b.train_x)
     assert int(a.train_x.max()) == 255
-    x = a.normalize(a.train_x)
+    x = a.normalize(torch.cat([a.train_x, a.val_x]))  # the statistics of the training images before the hold-out
     assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-2
 
 
@@ -65,7 +67,7 @@ def test_synthetic_shapes(synthetic) -> None:
 
 def test_cifar_reads_standard_layout(fake_cifar: Path) -> None:
     d = load_dataset("cifar10", fake_cifar)
-    assert d.train_x.shape == (100, 3, 32, 32) and d.test_x.shape == (20, 3, 32, 32)
+    assert d.train_x.shape == (90, 3, 32, 32) and d.val_x.shape == (10, 3, 32, 32) and d.test_x.shape == (20, 3, 32, 32)
     raw = pickle.loads((fake_cifar / CIFAR10_DIRNAME / CIFAR10_TEST).read_bytes())
     # channel-planar rows: the first 1024 values are the red plane, row-major
     assert np.array_equal(d.test_x[3, 0].numpy().ravel(), raw["data"][3, :1024])
@@ -125,3 +127,38 @@ def test_download_verifies_checksum(tmp_path: Path) -> None:
     root = download_cifar10(tmp_path / "good", url=tgz.as_uri(), md5=md5)
     assert (root / CIFAR10_TEST).is_file()
     assert load_dataset("cifar10", tmp_path / "good").test_x.shape == (4, 3, 32, 32)
+
+
+# ------------------------------------------------------------------------------------------ validation split
+def test_validation_split_is_held_out_of_training_stratified_and_fixed() -> None:
+    d = load_dataset("digits")
+    assert len(d.val_y) == round(1347 * VAL_FRACTION) == 135 and d.split_id == "val135-s0"
+    full = DATASETS.get("digits")()  # the loader itself: no hold-out
+    pool = {bytes(x.numpy()) for x in full.train_x}
+    train = {bytes(x.numpy()) for x in d.train_x}
+    val = [bytes(x.numpy()) for x in d.val_x]
+    # every validation image comes from the training pool, and none of them is trained on
+    assert all(v in pool for v in val) and not (set(val) & train)
+    assert len(d.train_y) + len(d.val_y) == len(full.train_y)
+    counts = torch.bincount(d.val_y, minlength=10)
+    assert int(counts.min()) >= 12 and int(counts.max()) <= 15  # stratified: 13–14 of each class
+    again = load_dataset("digits")
+    assert torch.equal(again.val_x, d.val_x) and torch.equal(again.train_y, d.train_y)
+
+
+def test_validation_size_is_chosen_and_checked() -> None:
+    d = load_dataset("synthetic", val_size=50)
+    assert len(d.val_y) == 50 and len(d.train_y) == 206 and d.split_id == "val50-s0"
+    for bad in (0, -3, 256, 1000):
+        with pytest.raises(DataError, match=f"got {bad}"):
+            load_dataset("synthetic", val_size=bad)
+
+
+def test_evaluated_on_points_evaluation_at_the_validation_images() -> None:
+    d = load_dataset("synthetic")
+    v = d.evaluated_on("val")
+    assert torch.equal(v.test_x, d.val_x) and torch.equal(v.test_y, d.val_y) and v.evaluated == "val"
+    assert d.evaluated_on("test") is d and v.evaluated_on("val") is v
+    assert torch.equal(v.first_test(5).test_y, d.val_y[:5])
+    with pytest.raises(ConfigError):
+        d.evaluated_on("train")

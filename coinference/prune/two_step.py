@@ -54,7 +54,7 @@ class TwoStepConfig:
     divisor: int = 16
     """Each round removes ``ceil(F0 / divisor)`` channels."""
     eval_images: int = 1000
-    """Test images for the stopping rule (the first N)."""
+    """Validation images for the stopping rule (the first N)."""
     taylor_batches: int = 4
     """Mini-batches the Taylor scores are averaged over."""
     max_rounds: int = 100
@@ -139,7 +139,7 @@ def two_step_prune(
     f0 = sum(g.channels for g in tr.groups)
     per_round = math.ceil(f0 / cfg.divisor)
     floor_alive = math.ceil(cfg.min_remaining * f0)
-    val = data.first_test(cfg.eval_images)
+    val = data.evaluated_on("val").first_test(cfg.eval_images)  # the stopping rule selects: validation images
     gen = torch.Generator().manual_seed(cfg.round_train.seed)
     batches = training_batches(data, cfg.round_train, gen)
     rank_batches = [next(batches) for _ in range(cfg.taylor_batches)]

@@ -12,10 +12,12 @@ from search.cli.common import (
     DataDirOpt,
     DatasetOpt,
     ModelOpt,
+    ValSizeOpt,
     WeightsOpt,
     check_data_dir,
     check_model_data,
     check_training,
+    check_val_size,
     console,
 )
 
@@ -37,12 +39,15 @@ def base(
     margin: Annotated[
         float, typer.Option(help="Variants must reach base accuracy minus this, in [0, 1).")
     ] = DEFAULT_MARGIN,
+    val_size: ValSizeOpt = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint path (default runs/base/MODEL-DATASET.pt).")] = None,
 ) -> None:
-    """Prepare the base model: fine-tune --weights (or train from scratch) and record its test accuracy."""
+    """Prepare the base model: fine-tune --weights (or train from scratch) on the training images minus the
+    validation split; record its validation accuracy (the variants' threshold) and its test accuracy."""
     name = check_model_data(model, weights, dataset, data_dir)
     check_data_dir(name, data_dir)
     check_training(lr, epochs, batch_size, seed, subset)
+    check_val_size(name, val_size)
     validate.in_range("--margin", margin, 0.0, 1.0, high_open=True)
     path = out or Path("runs/base") / f"{model}-{name}.pt"
     validate.writable_file("--out", path)
@@ -52,9 +57,14 @@ def base(
 
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, subset=subset, seed=seed, schedule="onecycle")
     with cli_progress():
-        b = prepare_base(model, name, cfg, weights, data_dir, path)
+        b = prepare_base(model, name, cfg, weights, data_dir, path, val_size)
     c = console()
+    n_val = len(b.data.val_y)
     if b.accuracy_before is not None:
-        c.print(f"accuracy before: {100 * b.accuracy_before:.2f}%")
-    c.print(f"accuracy after:  {100 * b.accuracy:.2f}%  (threshold for variants: {100 * b.threshold(margin):.2f}%)")
+        c.print(f"validation accuracy before: {100 * b.accuracy_before:.2f}%")
+    c.print(
+        f"validation accuracy after:  {100 * b.accuracy:.2f}% on {n_val:,} held-out training images "
+        f"(threshold for variants: {100 * b.threshold(margin):.2f}%)"
+    )
+    c.print(f"test accuracy after:        {100 * b.test_accuracy:.2f}% (reported, never selected on)")
     c.print(f"checkpoint: {b.path}  sha256 {b.sha256}")

@@ -16,10 +16,12 @@ from search.cli.common import (
     DataDirOpt,
     DatasetOpt,
     ModelOpt,
+    ValSizeOpt,
     WeightsOpt,
     check_data_dir,
     check_model_data,
     check_seed,
+    check_val_size,
     console,
 )
 
@@ -47,6 +49,7 @@ def build(
     p: Annotated[float | None, typer.Option(help="BSC flip probability (jscc-bsc).")] = None,
     fidelity: Annotated[str, typer.Option(help="Budget preset: smoke, fast or full.")] = "fast",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    val_size: ValSizeOpt = None,
     cache_dir: Annotated[Path, typer.Option(help="Cache of pruned parts, measurements, artifacts.")] = Path(
         "runs/cache"
     ),
@@ -75,6 +78,7 @@ def build(
     if p is not None:
         validate.in_range("--p", p, 0.0, 0.5, high_open=True)
     check_seed(seed)
+    check_val_size(name, val_size)
     validate.writable_dir("--cache-dir", cache_dir)
     from coinference.build import Builder
     from coinference.profile import profile_model
@@ -84,7 +88,7 @@ def build(
     from search.cli.progress import cli_progress
 
     # a checkpoint that does not load or does not fit, or a missing data folder, fails before any work
-    _, net, _ = model_and_data(model, weights, name, data_dir, need_data=True)
+    _, net, _ = model_and_data(model, weights, name, data_dir, need_data=True, val_size=val_size)
     point = net.split_point(split)
     if ratio is not None:
         shape = next(s.feature_shape for s in profile_model(net, MODELS.get(model).input_shape).splits
@@ -95,7 +99,7 @@ def build(
     cspec = replace(cspec, snr_db=snr, flip_p=p)
     spec = VariantSpec(
         model, name, point.name, file_sha256(weights) if weights else None, sparsity, schedule, pruning,
-        activation_sparsity, cspec, fidelity, seed,
+        activation_sparsity, cspec, fidelity, seed, val_size,
     )  # fmt: skip
     with cli_progress():
         m = Builder(weights, data_dir, cache_dir).measure(spec)
@@ -104,7 +108,8 @@ def build(
         return
     c = console()
     c.print(f"variant {spec.key[:12]}: {model} split {point.name}, sparsity {sparsity}, codec {cspec.label}")
-    c.print(f"  accuracy        {100 * m.accuracy:.2f}%")
+    test = f"{100 * m.test_accuracy:.2f}%" if m.test_accuracy is not None else "not evaluated"
+    c.print(f"  accuracy        {100 * m.val_accuracy:.2f}% validation (selects), {test} test (reported)")
     c.print(f"  bits per image  {m.bits_mean:,.1f} mean, {m.bits_max:,} max (+ {m.header_bits} header bits)")
     c.print(f"  device MACs     {m.device_macs:,} (encoder {m.encoder_macs:,})")
     c.print(f"  server MACs     {m.server_macs:,} (decoder {m.decoder_macs:,})")

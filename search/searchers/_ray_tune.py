@@ -54,7 +54,7 @@ def trial(config: dict[str, Any], space: Any, evaluate: Evaluate) -> None:
         tune.report({**FAILED_METRICS, "status": "failed", "error": error_text(e), "environment": env, "key": spec.key})
         return
     res: dict[str, Any] = {"status": "ok", "key": spec.key, "measurement": json.dumps(m.to_dict())}
-    res.update(dict(zip(OBJECTIVES, [m.accuracy, m.device_macs, m.bits_mean + m.header_bits], strict=True)))
+    res.update(dict(zip(OBJECTIVES, [m.val_accuracy, m.device_macs, m.bits_mean + m.header_bits], strict=True)))
     tune.report(res)
 
 

@@ -27,10 +27,10 @@ SAMPLERS = ("nsga2", "tpe")
 
 
 def objective_values(out: Outcome) -> list[float]:
-    """(accuracy, device MACs, payload + header bits) of a measured outcome."""
+    """(validation accuracy, device MACs, payload + header bits) of a measured outcome."""
     m = out.measurement
     assert m is not None
-    return [float(m.accuracy), float(m.device_macs), float(m.bits_mean + m.header_bits)]
+    return [float(m.val_accuracy), float(m.device_macs), float(m.bits_mean + m.header_bits)]
 
 
 def unseen_params(ctx: SearchContext, rng: np.random.Generator) -> dict[str, int] | None:
