@@ -45,7 +45,7 @@ def toy_measure(spec: VariantSpec) -> Measurement:
     macs = 1_000 if best else 10_000 * depth + int(5_000 * (1 - spec.sparsity))
     bits = 8.0 if best else float(toy_symbols(spec) * spec.codec.bits)
     return Measurement(
-        accuracy=acc,
+        val_accuracy=acc,
         device_macs=macs,
         server_macs=50_000 - macs,
         bits_mean=bits,

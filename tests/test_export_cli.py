@@ -58,7 +58,7 @@ def test_export_writes_verified_packages(run_cli, db, tmp_path: Path) -> None:
     assert code == 0, err
     assert "predictions identical through ONNX and through the bytes path" in stdout
     m = json.loads((out / "manifest.json").read_text())
-    assert m["spec"]["key"] == SPEC.key and m["measurement"]["accuracy"] == 0.9
+    assert m["spec"]["key"] == SPEC.key and m["measurement"]["val_accuracy"] == 0.9
     assert m["extra"]["query"]["bandwidth_bytes_per_s"] == 40_000 and m["extra"]["query"]["device"] == "rpi3"
     assert m["extra"]["predicted_latency_s"]["transmit"] == pytest.approx(1024 / 8 / 40_000)
     data = load_dataset("synthetic")

@@ -15,10 +15,12 @@ from search.cli.common import (
     DataDirOpt,
     DatasetOpt,
     ModelOpt,
+    ValSizeOpt,
     WeightsOpt,
     check_data_dir,
     check_model_data,
     check_training,
+    check_val_size,
     console,
 )
 
@@ -82,6 +84,7 @@ def encode(
     subset: Annotated[int | None, typer.Option(help="Train on a fixed random subset of N images.")] = None,
     base_epochs: Annotated[float, typer.Option(help="Without --weights: epochs to train the base model first.")] = 3.0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    val_size: ValSizeOpt = None,
     test_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N test images only.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
@@ -94,6 +97,7 @@ def encode(
     validate.at_least("--stride", stride, 1)
     validate.in_range("--base-epochs", base_epochs, 0.0, 10_000.0, low_open=True)
     check_training(lr, epochs, batch_size, seed, subset, steps, test_limit)
+    check_val_size(dataset or names.MODEL_DATASETS[model], val_size)
     import torch
 
     from coinference.codec import evaluate_codec, train_codec
@@ -111,7 +115,7 @@ def encode(
         optimizer="adam", lr=lr, weight_decay=0.0, epochs=epochs, steps=steps, batch_size=batch_size, subset=subset
     )
     train = replace(train, seed=seed)
-    _, net, data = model_and_data(model, weights, dataset, data_dir, need_data=True)
+    _, net, data = model_and_data(model, weights, dataset, data_dir, need_data=True, val_size=val_size)
     assert data is not None
     point = net.split_point(split)  # a bad split fails before any training
     if cfg.kind not in ("none", "huffman"):  # codec sizes that do not fit the split's feature, also before training

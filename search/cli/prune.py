@@ -16,10 +16,12 @@ from search.cli.common import (
     DataDirOpt,
     DatasetOpt,
     ModelOpt,
+    ValSizeOpt,
     WeightsOpt,
     check_data_dir,
     check_model_data,
     check_training,
+    check_val_size,
     console,
 )
 
@@ -66,6 +68,7 @@ def prune(
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
     subset: Annotated[int | None, typer.Option(help="Train on a fixed random subset of N images.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of subset, order and augmentation.")] = 0,
+    val_size: ValSizeOpt = None,
     test_limit: Annotated[int | None, typer.Option(help="Evaluate on the first N test images only.")] = None,
     out: Annotated[Path | None, typer.Option(help="Checkpoint path (default runs/prune/<name>.pt).")] = None,
     latency: Annotated[
@@ -89,6 +92,7 @@ def prune(
     validate.at_least("--iterations", iterations, 1)
     validate.in_range("--distill", distill, 0.0, 1.0)
     check_training(lr, epochs, batch_size, seed, subset, steps, test_limit)
+    check_val_size(dataset or names.MODEL_DATASETS[model], val_size)
     steps_list = _steps_list(schedule_steps)
     for v in steps_list:
         validate.in_range("--schedule-steps", v, 0.0, 1.0, high_open=True)
@@ -127,7 +131,7 @@ def prune(
         if distill:
             raise ConfigError(f"--distill {distill} applies to the incremental method, not two-step")
         cfg = TwoStepConfig(activation_sparsity=activation_sparsity, round_train=train)
-    _, net, data = model_and_data(model, weights, dataset, data_dir, need_data=True)
+    _, net, data = model_and_data(model, weights, dataset, data_dir, need_data=True, val_size=val_size)
     assert data is not None
     point = net.split_point(split)  # a bad split fails before any training
     if test_limit is not None:
