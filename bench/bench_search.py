@@ -10,16 +10,20 @@ Two sources for the table, and every figure says which one produced it:
   feature sizes are exact (coinference.profile, codec_for_ratio), while pruning's MAC saving, the entropy
   coder's gain and the accuracy are a documented model (:func:`synthetic_measurement`), not measurements.
 
-Two hypervolumes, both over storage.pareto's objective vectors (error, device MACs, bits; minimised) and both as
-a fraction of the exhaustive table's, against one reference point for the whole table:
+Per searcher, over ≥ 10 seeds (storage.metrics; docs/ARCHITECTURE.md, "Pareto front"):
 
-* ``linear``: storage.pareto.hypervolume as the project defines it (raw units, reference 1.1 × worst). MACs
-  and bits span orders of magnitude, so a handful of cheap variants already cover nearly all of this volume.
-* ``log``: the same vectors with log10 MACs and log10 bits (reference: worst + 10 % of the range), so each
-  factor of 10 counts alike. This one separates the searchers and is the headline figure.
+* **log HV** (headline): storage.metrics.log_hypervolume — error, log10 device MACs and log10 bits mapped to
+  [0, 1] by fixed bounds (stated in the output), reference (1, 1, 1) — as a fraction of the exhaustive table's.
+* ``linear HV`` (secondary): storage.pareto.hypervolume in raw units against the exhaustive table's reference
+  (1.1 × worst), as a fraction of the exhaustive table's. MACs and bits span orders of magnitude, so a handful of
+  cheap variants already cover nearly all of this volume (the output prints how much the best single variant holds).
+* **deployment regret**: storage.metrics.regret_against over a fixed seeded sample of edge environments
+  (storage.metrics.edge_environments): latency of the searcher's table's choice / the exhaustive table's − 1,
+  median and p90 per seed (an environment the searcher's table cannot serve counts the stated penalty).
 
     .venv/bin/python bench/bench_search.py --synthetic-from-profile
     .venv/bin/python bench/bench_search.py --table sqlite:///runs/grid/lookup.db [--fidelity F --weights W]
+    .venv/bin/python bench/bench_search.py --synthetic-from-profile --searchers random --budget-fraction 0.01  # smoke
 """
 
 from __future__ import annotations
@@ -44,7 +48,19 @@ from search.evaluator import CachedEvaluator
 from search.searchers import SEARCHERS, SearchContext, SearchOptions
 from search.space import SearchSpace
 from storage import open_table
-from storage.pareto import hypervolume, measured, objective_matrix, reference_point
+from storage.metrics import (
+    DEFAULT_BOUNDS,
+    ENV_BANDWIDTH,
+    ENV_DEVICES,
+    ENV_MARGIN,
+    INFEASIBLE_PENALTY,
+    edge_environments,
+    exhaustive_baseline,
+    log_hypervolume,
+    regret_against,
+)
+from storage.pareto import hypervolume, reference_point
+from storage.plots import fmt_rate
 
 SEARCHERS_BENCHED = {
     "random": ("random", {}),
@@ -104,7 +120,7 @@ def synthetic_measurement(spec: VariantSpec, space: SearchSpace, prof: dict) -> 
     acc = BASE_ACCURACY - 0.30 * (s * depth) ** 2 - 0.5 * math.exp(-symbols * c.bits / (96 * width)) - q
     acc = float(np.clip(acc + _noise(spec.key, 0.004), 0.0, 1.0))
     return Measurement(
-        accuracy=acc,
+        val_accuracy=acc,
         device_macs=int(macs + enc),
         server_macs=int(space.total_macs or 0) - int(p["device_macs"]),
         bits_mean=float(bits),
@@ -140,9 +156,16 @@ def load_table(src: str) -> dict[str, Measurement]:
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass
 class _Rec:
+    """What storage's metrics and query read of a VariantRecord: status, measurement, key and spec."""
+
     status: str
     measurement: Measurement | None
     key: str = ""
+    spec: VariantSpec | None = None
+
+
+def records(keys: list[str], table: dict[str, Measurement], specs: dict[str, VariantSpec] | None = None) -> list[_Rec]:
+    return [_Rec("ok", table[k], k, (specs or {}).get(k)) for k in keys if k in table]
 
 
 def run_one(space: SearchSpace, table: dict[str, Measurement], label: str, seed: int, budget: int) -> list[str]:
@@ -168,34 +191,18 @@ def run_one(space: SearchSpace, table: dict[str, Measurement], label: str, seed:
     return order
 
 
-def _log_matrix(recs: list[_Rec]) -> np.ndarray:
-    f = objective_matrix(measured(recs))  # type: ignore[arg-type]
-    f[:, 1:] = np.log10(np.maximum(f[:, 1:], 1.0))
-    return f
-
-
-def log_reference(recs: list[_Rec]) -> np.ndarray:
-    f = _log_matrix(recs)
-    hi, lo = f.max(0), f.min(0)
-    return np.array([1.0, *(hi[1:] + 0.1 * (hi[1:] - lo[1:]))])
-
-
-def hv(recs: list[_Rec], ref: np.ndarray | tuple, log: bool) -> float:
-    import moocore
-
+def hv(recs: list[_Rec], ref: tuple, log: bool) -> float:
     if not recs:
         return 0.0
-    if not log:
-        return hypervolume(recs, ref)  # type: ignore[arg-type]
-    return float(moocore.hypervolume(_log_matrix(recs), ref=np.asarray(ref)))
+    return log_hypervolume(recs) if log else hypervolume(recs, ref)  # type: ignore[arg-type]
 
 
 def hv_curve(order: list[str], table: dict[str, Measurement], ref, hv_all: float, step: int, log: bool) -> list[float]:
-    out = []
-    for n in range(step, len(order) + 1, step):
-        recs = [_Rec("ok", table[k]) for k in order[:n] if k in table]
-        out.append(hv(recs, ref, log) / hv_all)
-    return out
+    return [hv(records(order[:n], table), ref, log) / hv_all for n in range(step, len(order) + 1, step)]
+
+
+def _padded(curves: list[list[float]], n: int) -> np.ndarray:
+    return np.array([x + [x[-1]] * (n - len(x)) for x in curves])
 
 
 def main() -> None:
@@ -206,56 +213,108 @@ def main() -> None:
     ap.add_argument("--model", default="resnet-digits")
     ap.add_argument("--fidelity", default="fast")
     ap.add_argument("--weights", type=Path, default=None, help="base checkpoint the table's specs were built on")
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget-fraction", type=float, default=0.10)
     ap.add_argument("--searchers", default=",".join(SEARCHERS_BENCHED))
+    ap.add_argument("--envs", type=int, default=200, help="edge environments of the deployment regret")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
     a = ap.parse_args()
+    labels = a.searchers.split(",")
+    if unknown := [x for x in labels if x not in SEARCHERS_BENCHED]:
+        ap.error(f"unknown searchers {unknown}; valid: {', '.join(SEARCHERS_BENCHED)}")
+    if a.seeds < 1 or a.envs < 1:
+        ap.error(f"--seeds {a.seeds} and --envs {a.envs}: need at least 1")
 
     sha = file_sha256(a.weights) if a.weights is not None else None
     space = SearchSpace.for_model(a.model, fidelity=a.fidelity, weights_sha256=sha)
     mode = "synthetic-from-profile" if a.synthetic_from_profile else f"measured table {a.table}"
     table = synthetic_table(space) if a.synthetic_from_profile else load_table(a.table)
-    grid_keys = [s.key for _, s in space.grid()]
+    specs = {s.key: s for _, s in space.grid()}
+    grid_keys = list(specs)
     covered = [k for k in grid_keys if k in table]
     print(f"space: {space.describe()}")
     print(f"table: {mode}: {len(covered)} of {len(grid_keys)} distinct variants measured")
     if len(covered) < 1000:
         print("warning: fewer than 1,000 measured cells; the efficiency goal is defined on ≥ 1,000")
-    all_recs = [_Rec("ok", table[k]) for k in covered]
-    refs = {"linear": reference_point(all_recs), "log": log_reference(all_recs)}  # type: ignore[arg-type]
+    all_recs = records(covered, table, specs)
+    refs = {"log": DEFAULT_BOUNDS.reference, "linear": reference_point(all_recs)}  # type: ignore[arg-type]
     hv_all = {k: hv(all_recs, r, k == "log") for k, r in refs.items()}
+    one = {k: max(hv([r], ref, k == "log") for r in all_recs) / hv_all[k] for k, ref in refs.items()}
+    envs = edge_environments(a.envs)
+    base = exhaustive_baseline(all_recs, envs)  # type: ignore[arg-type]
+    served = sum(t is not None for t in base.latency_s)
     budget = max(10, int(a.budget_fraction * len(grid_keys)))
     step = max(1, budget // 40)
-    print(f"exhaustive hypervolume: linear {hv_all['linear']:.4g}, log {hv_all['log']:.4g}")
+    print(f"log HV: {DEFAULT_BOUNDS.describe()}")
+    print(
+        f"linear HV: raw error × MACs × bits, reference ({', '.join(f'{x:.4g}' for x in refs['linear'])}) = 1.1 × worst"
+    )
+    print(f"exhaustive hypervolume: log {hv_all['log']:.4g}, linear {hv_all['linear']:.4g}")
+    print(f"best single variant alone: log HV {one['log']:.3f}, linear HV {one['linear']:.3f} of the exhaustive")
+    print(
+        f"regret: {len(envs)} environments (seed 0; bandwidth log-uniform {fmt_rate(ENV_BANDWIDTH[0])}–"
+        f"{fmt_rate(ENV_BANDWIDTH[1])}, device {'/'.join(ENV_DEVICES)}, accuracy margin U{ENV_MARGIN} below the "
+        f"exhaustive best on the device, no RTT); the exhaustive table serves {served}; "
+        f"infeasible = penalty {INFEASIBLE_PENALTY:g}"
+    )
     print(f"budget {budget} evaluations ({budget / len(grid_keys):.1%} of cells), {a.seeds} seeds per searcher")
+    print()
 
-    curves: dict[str, dict[str, list[list[float]]]] = {"linear": {}, "log": {}}
+    curves: dict[str, dict[str, list[list[float]]]] = {"log": {}, "linear": {}}
+    regrets: dict[str, list[dict[str, float]]] = {}
     seconds: dict[str, float] = {}
-    for label in a.searchers.split(","):
+    rows = []
+    for label in labels:
         t0 = time.perf_counter()
         for kind in curves:
             curves[kind][label] = []
+        regrets[label] = []
         for seed in range(a.seeds):
             order = run_one(space, table, label, seed, budget)
             for kind in curves:
                 curves[kind][label].append(hv_curve(order, table, refs[kind], hv_all[kind], step, kind == "log"))
+            r = regret_against(records(order, table, specs), base)  # type: ignore[arg-type]
+            regrets[label].append({"median": r.median, "p90": r.p90, "infeasible": r.infeasible})
         seconds[label] = time.perf_counter() - t0
-        for kind in ("log", "linear"):
-            c = np.array([x + [x[-1]] * (budget // step - len(x)) for x in curves[kind][label]])
-            reach = [next((step * (i + 1) for i, v in enumerate(row) if v >= 0.95), None) for row in c]
-            got = [r for r in reach if r is not None]
-            print(
-                f"{label:>15} [{kind:>6} HV]: at {budget} evals {c[:, -1].mean():.3f} ± {c[:, -1].std():.3f} "
-                f"(min {c[:, -1].min():.3f}); ≥95% by {len(got)}/{a.seeds} seeds"
-                + (f", median {int(np.median(got))} evals ({np.median(got) / len(grid_keys):.1%})" if got else "")
-                + (f"  [{seconds[label]:.0f} s]" if kind == "linear" else "")
-            )
+        log_c, lin_c = (_padded(curves[k][label], budget // step) for k in ("log", "linear"))
+        reach = [next((step * (i + 1) for i, v in enumerate(row) if v >= 0.95), None) for row in log_c]
+        got = [x for x in reach if x is not None]
+        med = np.array([x["median"] for x in regrets[label]])
+        p90 = np.array([x["p90"] for x in regrets[label]])
+        inf = np.array([x["infeasible"] for x in regrets[label]])
+        rows.append(
+            f"| {label} | {log_c[:, -1].mean():.3f} ± {log_c[:, -1].std():.3f} | {len(got)} / {a.seeds}"
+            + (f", {int(np.median(got))}" if got else "")
+            + f" | {lin_c[:, -1].mean():.3f} ± {lin_c[:, -1].std():.3f} | {med.mean():.3f} ± {med.std():.3f} | "
+            f"{p90.mean():.3f} ± {p90.std():.3f} | {inf.mean():.1f} | {seconds[label]:.0f} |"
+        )
+        print(f"{label}: done in {seconds[label]:.0f} s", flush=True)
+
+    print()
+    print(f"at {budget} evaluations, mean ± sd over {a.seeds} seeds (regret: per-seed median / p90 over environments)")
+    print()
+    print(
+        "| searcher | log HV / exhaustive | seeds ≥ 95 % log HV, median evals | linear HV / exhaustive | "
+        "regret median | regret p90 | infeasible envs | s |"
+    )
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(row)
 
     a.out.mkdir(parents=True, exist_ok=True)
     tag = "synthetic" if a.synthetic_from_profile else "measured"
     (a.out / f"hv_{tag}.json").write_text(
-        json.dumps({"mode": mode, "space": space.describe(), "budget": budget, "step": step, "curves": curves})
+        json.dumps(
+            {
+                "mode": mode,
+                "space": space.describe(),
+                "budget": budget,
+                "step": step,
+                "log_bounds": DEFAULT_BOUNDS.describe(),
+                "curves": curves,
+                "regret": regrets,
+            }
+        )
     )
     import matplotlib
 
@@ -265,13 +324,13 @@ def main() -> None:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for ax, kind in zip(axes, ("log", "linear"), strict=True):
         for label, cs in curves[kind].items():
-            c = np.array([x + [x[-1]] * (budget // step - len(x)) for x in cs])
+            c = _padded(cs, budget // step)
             xs = step * np.arange(1, c.shape[1] + 1)
             ax.plot(xs, c.mean(0), label=label)
             ax.fill_between(xs, c.min(0), c.max(0), alpha=0.15)
         ax.axhline(0.95, color="k", ls=":", lw=1, label="95% of exhaustive")
         ax.set_xlabel(f"evaluations (of {len(grid_keys)} distinct variants)")
-        ax.set_ylabel(f"{kind} hypervolume / exhaustive")
+        ax.set_ylabel(f"{'log-normalised' if kind == 'log' else 'linear'} hypervolume / exhaustive")
         ax.set_title(f"{kind} HV — {a.model}: {mode}", fontsize=9)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -37,11 +37,18 @@ class Report:
     choices: list[Choice]
     plot: Path | None
     markdown: Path
+    log_hypervolume: float
+    """storage.metrics.log_hypervolume of the measured variants (the headline; bounds in ``hypervolume_bounds``)."""
+    hypervolume_bounds: str
+    """The fixed bounds and reference point of ``log_hypervolume``, as one line."""
+    linear_hypervolume: float
+    """storage.pareto.hypervolume in raw units (error × MACs × bits, reference 1.1 × worst of this run)."""
 
 
 def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) -> Report:
     """Front, choices, plot and report.md of the specs ``keys`` (the run's ledger) in ``table``."""
     from storage.errors import StorageError
+    from storage.metrics import DEFAULT_BOUNDS, log_hypervolume
     from storage.pareto import hypervolume, pareto_front
     from storage.plots import plot_front
     from storage.query import BandwidthChoice, query
@@ -70,14 +77,16 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
         plot = plot_front(records, front, marks, run_dir / "pareto.png", title=f"{cfg.name}: {cfg.searcher}")
     ok = [r for r in records if r.status == "ok"]
     failed = [r for r in records if r.status == "failed"]
+    log_hv, linear_hv = log_hypervolume(ok), hypervolume(ok)
     lines = [
         f"# Search run `{cfg.name}`",
         "",
         f"- searcher: `{cfg.searcher}`, budget {cfg.trials} variants, seed {cfg.seed}, fidelity `{cfg.fidelity}`",
         f"- space: {space.describe()}",
         f"- finished: {len(records)} variants ({len(ok)} ok, {len(failed)} failed)",
-        f"- Pareto front (accuracy ↑, device MACs ↓, bits ↓): {len(front)} variants; "
-        f"hypervolume {hypervolume(ok):.4g} (error × MACs × bits, reference = 1.1 × worst of this run)",
+        f"- Pareto front (accuracy ↑, device MACs ↓, bits ↓): {len(front)} variants",
+        f"- log-normalised hypervolume {log_hv:.4f} ({DEFAULT_BOUNDS.describe()}; comparable across runs)",
+        f"- linear hypervolume {linear_hv:.4g} (error × MACs × bits, reference = 1.1 × worst of this run)",
         f"- accuracy floor for the choices: {floor:.4f}" if floor is not None else "- no accuracy floor",
         "",
         "## Front",
@@ -110,7 +119,7 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
         lines += ["", f"![Pareto front]({plot.name})"]
     md = run_dir / "report.md"
     md.write_text("\n".join(lines) + "\n")
-    return Report(records, front, floor, cfg.device, choices, plot, md)
+    return Report(records, front, floor, cfg.device, choices, plot, md, log_hv, DEFAULT_BOUNDS.describe(), linear_hv)
 
 
 def _rate(bw: float) -> str:
@@ -137,6 +146,10 @@ def render(rep: Report, console: Console) -> None:
             f"{m.bits_mean + m.header_bits:,.0f}",
         )
     console.print(t)
+    console.print(
+        f"hypervolume: log-normalised {rep.log_hypervolume:.4f} ({rep.hypervolume_bounds}); "
+        f"linear {rep.linear_hypervolume:.4g} (raw units, reference 1.1 × worst of this run)"
+    )
     floor = floor_label(rep.floor)
     c = RichTable(title=f"Chosen variant per bandwidth ({rep.device}, {floor})")
     for col in ("bandwidth", "key", "split", "sparsity", "codec", "accuracy", "latency"):
