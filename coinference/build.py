@@ -43,7 +43,7 @@ from coinference.profile import module_cost
 from coinference.progress import phase
 from coinference.prune import PruneConfig, PrunedDevice, TwoStepConfig, load_pruned, prune_device, save_pruned
 from coinference.prune.activation import Expand
-from coinference.variant import Measurement, VariantSpec
+from coinference.variant import ON_DEVICE, Measurement, VariantSpec
 from coinference.zoo import SplittableModel, file_sha256
 
 DEFAULT_CACHE = Path("runs/cache")
@@ -283,6 +283,8 @@ class Builder:
             return self._build(spec)
 
     def _build(self, spec: VariantSpec) -> BuiltVariant:
+        if spec.whole_model:
+            raise ConfigError(f"{spec.split!r} splits nothing: measure it (Builder.measure), there is nothing to build")
         t0 = time.perf_counter()
         fid = self.fidelity(spec)
         model, data = self.base(spec)
@@ -340,6 +342,22 @@ class Builder:
         files = {"spec": folder / "spec.json", "device": folder / "device.pt", "codec": folder / "codec.pt"}
         return {k: v for k, v in files.items() if v.is_file()}
 
+    def measure_whole(self, spec: VariantSpec) -> Measurement:
+        """The measurement of a whole-model candidate (:data:`~coinference.variant.ON_DEVICE`: everything on the
+        device, the class index sent; :data:`~coinference.variant.SERVER_PNG`: the PNG image sent): the base
+        model's validation and test accuracy at the fidelity's evaluation limit, no training."""
+        from coinference.baselines import on_device_only, server_png
+
+        t0 = time.perf_counter()
+        fid = self.fidelity(spec)
+        model, data = self.base(spec)
+        with phase(f"evaluate {spec.split}"):
+            if spec.split == ON_DEVICE:
+                m = on_device_only(model, data, fid.eval_limit)
+            else:
+                m = server_png(model, data, fid.eval_limit, fid.bits_limit)
+        return replace(m, train_seconds=time.perf_counter() - t0, versions=_versions())
+
     def measure(self, spec: VariantSpec) -> Measurement:
         """The Measurement of ``spec``: from the disk cache when present, else built (and cached)."""
         self._check_weights(spec)
@@ -348,6 +366,8 @@ class Builder:
         path = self.cache / "measurements" / f"{spec.key}-{_digest(asdict(self.fidelity(spec)))[:12]}.m2.json"
 
         def compute() -> Measurement:
+            if spec.whole_model:
+                return self.measure_whole(spec)
             built = self.build(spec)
             if self.keep_artifacts:
                 save_variant(built, self.cache / "variants" / spec.key)

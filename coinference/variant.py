@@ -58,7 +58,8 @@ class CodecSpec:
             parts.append(f"s{self.stride}")
         if self.dim is not None:
             parts.append(f"d{self.dim}")
-        parts.append(f"{self.bits}b")
+        if self.kind != "none":  # raw float32 (or, for a whole-model candidate, no feature at all): no bits
+            parts.append(f"{self.bits}b")
         if self.kind == "sq" and self.codebook != "shared":
             parts.append(self.codebook)
         return "/".join(parts)
@@ -81,6 +82,14 @@ class CodecSpec:
         if self.flip_p is not None and not 0 <= self.flip_p < 0.5:
             raise ConfigError(f"BSC flip probability must be in [0, 0.5), got {self.flip_p}")
 
+
+ON_DEVICE = "on-device"
+"""The ``split`` of the whole model run on the device: only the predicted class index is sent."""
+SERVER_PNG = "server-png"
+"""The ``split`` of the whole model run on the server: the device sends the image as PNG."""
+WHOLE_MODEL = (ON_DEVICE, SERVER_PNG)
+"""Candidates that split nothing; every search adds them to its table, so a query answers "run it all on the
+device" or "send the PNG" when that wins (their specs have no pruning and codec kind ``none``)."""
 
 LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1, "codebook": "shared"}
 """Codec fields added after spec format 1, with the default at which :meth:`VariantSpec.to_dict` omits them."""
@@ -132,6 +141,8 @@ class VariantSpec:
             raise ConfigError(f"validation size must be ≥ 1, got {self.val_size}")
         if isinstance(self.codec, dict):  # tolerate a decoded dict
             object.__setattr__(self, "codec", CodecSpec(**self.codec))
+        if self.split in WHOLE_MODEL and (self.sparsity or self.activation_sparsity or self.codec.kind != "none"):
+            raise ConfigError(f"split {self.split!r} runs the whole model: no sparsity and codec kind 'none'")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (nested codec dict), with the spec format version.
@@ -166,6 +177,14 @@ class VariantSpec:
         return cls(codec=CodecSpec(**codec) if isinstance(codec, dict) else codec, **d)
 
     @classmethod
+    def whole(cls, split: str, model: str, dataset: str, **fields: Any) -> VariantSpec:
+        """The :data:`ON_DEVICE` or :data:`SERVER_PNG` candidate of ``model`` on ``dataset`` (``fields``: weights,
+        fidelity, seed, val_size)."""
+        if split not in WHOLE_MODEL:
+            raise ConfigError(f"whole-model split must be one of {', '.join(WHOLE_MODEL)}, got {split!r}")
+        return cls(model, dataset, split, codec=CodecSpec("none"), **fields)
+
+    @classmethod
     def from_json(cls, s: str) -> VariantSpec:
         """Inverse of :meth:`to_json`."""
         try:
@@ -178,6 +197,11 @@ class VariantSpec:
     def key(self) -> str:
         """Stable hash (sha256 hex of the canonical JSON): the cache key, identical across processes."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()
+
+    @property
+    def whole_model(self) -> bool:
+        """True for :data:`ON_DEVICE` and :data:`SERVER_PNG`: the model is not split."""
+        return self.split in WHOLE_MODEL
 
     def with_(self, **changes: Any) -> VariantSpec:
         """A copy with some fields changed (``codec`` may be given as a dict of codec fields to change)."""

@@ -55,6 +55,9 @@ class EdgeDistribution:
     """Accuracy floor range, in [0, 1]."""
     rtt_s: float = 0.0
     """Round-trip time added to every inference, seconds."""
+    symbols_per_bit: float = 1.0
+    """Real channel uses per second the link carries per bit/s of its rate, for analog JSCC variants (1: as many
+    real symbols as bits, the count by which the search space and the Pareto front weigh a channel use)."""
     server: ServerProfile = field(default_factory=lambda: SERVERS.get("rtx2080ti"))
     """The edge server."""
 
@@ -63,6 +66,8 @@ class EdgeDistribution:
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ConfigError(f"edge distribution {name} must satisfy 0 < low ≤ high, got {(lo, hi)}")
+        if not self.symbols_per_bit > 0:
+            raise ConfigError(f"edge distribution symbols_per_bit must be > 0, got {self.symbols_per_bit}")
         lo, hi = self.accuracy_floor
         if not 0 <= lo <= hi <= 1:
             raise ConfigError(f"accuracy floor range must lie in [0, 1], got {(lo, hi)}")
@@ -166,10 +171,11 @@ class CoInferenceEnv(gym.Env[np.ndarray, np.ndarray]):
             info["outcome"] = "failed"
             return self._obs(), -self.penalty, True, False, info
         device = DeviceProfile("episode", self._state["device_macs_per_s"], int(self._state["memory_bytes"]))
-        link = Link(self._state["bandwidth_bytes_per_s"], self.edge.rtt_s)
+        bw = self._state["bandwidth_bytes_per_s"]
+        link = Link(bw, self.edge.rtt_s, symbols_per_s=8 * bw * self.edge.symbols_per_bit)
         latency = end_to_end(m, device, self.edge.server, link).total_s
         info["latency_s"] = latency
-        if m.accuracy < self._state["accuracy_floor"]:
+        if m.val_accuracy < self._state["accuracy_floor"]:
             info["outcome"] = "below_floor"
             return self._obs(), -self.penalty, True, False, info
         if not feasible(m, device):

@@ -1,21 +1,32 @@
 """The search space: one definition of the variants worth trying, convertible to every searcher's own form.
 
-A cell is one index per dimension (``split``, ``sparsity``, ``ratio``, and ``bits`` / ``activation_sparsity``
-when they have more than one level). Every dimension is ordinal (splits from shallow to deep, levels sorted),
-so the integer index is also what Optuna, Ray Tune and Gymnasium see: ordered integers give model-based
-samplers a neighbourhood to exploit, where categoricals would not.
+A cell is one index per dimension (``split``, ``sparsity``, ``ratio``, and ``bits`` / ``activation_sparsity`` /
+``codec_kind`` when they have more than one level). Every dimension is ordinal (splits from shallow to deep, levels
+sorted, codec kinds in the order of :data:`SEARCH_CODEC_KINDS`), so the integer index is also what Optuna, Ray Tune
+and Gymnasium see: ordered integers give model-based samplers a neighbourhood to exploit, where categoricals would
+not. A dimension of one level is no dimension, so a space keeps the cells (and specs) it had before a dimension
+existed as long as that dimension has its one default level.
+
+The compression ratio is raw float32 feature bits ÷ nominal transmitted bits, and :data:`SYMBOL_BITS` says what a
+transmitted symbol counts: the quantizer's bits for ``sq`` and ``vq``, 1 for JSCC — a BSC use is one bit, and one
+real AWGN channel use counts as one bit, as the Pareto front and the searchers count an analog variant's channel
+uses as its bits. So at the same ratio ``jscc-bsc`` and ``jscc-awgn`` get the same number of channel uses (ratio 32:
+one per feature value, through a learned conv that keeps every channel: a JSCC code always has an encoder), and the
+``bits`` dimension does not change a JSCC variant (its cells alias). ``vq`` gets the
+bottleneck ``sq`` gets at the same ratio and bits, then sends one ``bits``-bit codeword per latent vector, so its
+nominal payload is smaller than raw ÷ ratio by the vector length; the measured bits are what the front compares.
 
 A cell is *valid* when its codec exists: :func:`coinference.variant.codec_for_ratio` refuses a ratio that would
-keep more symbols than the split feature has (ratio × bits < 32). Distinct cells can map to the same
-:class:`VariantSpec` (at a small pooled feature every large ratio keeps one symbol); :meth:`SearchSpace.grid`
-lists each spec once and the evaluator's cache answers the aliases.
+keep more symbols than the split feature has (ratio × symbol bits < 32; for JSCC, ratio < 32). Distinct cells can
+map to the same :class:`VariantSpec` (at a small pooled feature every large ratio keeps one symbol);
+:meth:`SearchSpace.grid` lists each spec once and the evaluator's cache answers the aliases.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from itertools import product
 from typing import Any
@@ -28,14 +39,19 @@ from coinference.variant import CodecSpec, VariantSpec, codec_for_ratio
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 DEFAULT_RATIOS = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
 DEFAULT_BITS = (2, 4, 8)
+SEARCH_CODEC_KINDS = ("sq", "vq", "jscc-bsc", "jscc-awgn")
+"""Codec kinds a search can try, in their ordinal order: separate source coding (scalar, then vector
+quantization + entropy code), then joint source-channel coding (digital over a BSC, then analog over AWGN)."""
+SYMBOL_BITS: dict[str, int | None] = {"sq": None, "vq": None, "jscc-bsc": 1, "jscc-awgn": 1}
+"""Nominal bits per transmitted symbol of each search codec kind (None: the quantizer's bits)."""
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Split points × device sparsity × compression ratio (× quantizer bits × activation sparsity).
+    """Split points × device sparsity × compression ratio (× quantizer bits × activation sparsity × codec kind).
 
-    Compression ratio is raw float32 feature bits ÷ nominal payload bits (before entropy coding); see
-    :func:`coinference.variant.codec_for_ratio`.
+    Compression ratio is raw float32 feature bits ÷ nominal payload bits (before entropy coding; a JSCC channel use
+    counts as one bit, see the module docstring); see :func:`coinference.variant.codec_for_ratio`.
     """
 
     model: str
@@ -53,15 +69,23 @@ class SearchSpace:
     bits: tuple[int, ...] = DEFAULT_BITS
     """Quantizer bits per symbol."""
     activation_sparsities: tuple[float, ...] = (0.0,)
-    """Fractions of split-feature channels dropped before coding."""
-    codec_kind: str = "sq"
-    """Codec kind of every variant."""
+    """Fractions of split-feature channels dropped before coding, each in [0, 1)."""
+    codec_kinds: tuple[str, ...] = ("sq",)
+    """Codec kinds, of :data:`SEARCH_CODEC_KINDS` (kept in that order)."""
+    snr_db: float | None = None
+    """SNR in dB per real symbol that ``jscc-awgn`` variants are evaluated at (their recorded accuracy holds on a
+    link of this SNR or more); None: the codec's default, 10 dB. Training draws SNRs from 0–20 dB either way."""
+    flip_p: float | None = None
+    """BSC flip probability that ``jscc-bsc`` variants are evaluated at, in [0, 0.5); None: the codec's default,
+    0.01. Training draws p from 0–0.1 either way."""
     fidelity: str = "fast"
     """Training budget preset of every variant."""
     weights_sha256: str | None = None
     """Base checkpoint hash recorded in every spec."""
     seed: int = 0
     """Seed recorded in every spec."""
+    val_size: int | None = None
+    """Validation images recorded in every spec (None: the data set's default split)."""
     total_macs: int | None = None
     """MACs of the whole model per image (normalises latency in the env); set by :meth:`for_model`."""
     _levels: dict[str, tuple[Any, ...]] = field(init=False, repr=False, compare=False)
@@ -78,6 +102,21 @@ class SearchSpace:
             bad = [v for v in getattr(self, name) if not 0 <= v < 1]
             if bad:
                 raise ConfigError(f"{name} levels must be in [0, 1), got {bad}")
+        if not self.codec_kinds:
+            raise ConfigError("search space dimension codec_kinds is empty")
+        unknown = [k for k in self.codec_kinds if k not in SEARCH_CODEC_KINDS]
+        if unknown:
+            raise ConfigError(f"unknown search codec kind {unknown[0]!r}; valid: {', '.join(SEARCH_CODEC_KINDS)}")
+        object.__setattr__(self, "codec_kinds", tuple(k for k in SEARCH_CODEC_KINDS if k in self.codec_kinds))
+        for what, value, kind in (("snr_db", self.snr_db, "jscc-awgn"), ("flip_p", self.flip_p, "jscc-bsc")):
+            if value is not None and kind not in self.codec_kinds:
+                raise ConfigError(f"{what} {value} is set but the space has no {kind} variant")
+        if self.snr_db is not None:
+            from coinference.codec.config import check_snr
+
+            check_snr(self.snr_db, "jscc-awgn evaluation SNR")
+        if self.flip_p is not None and not 0 <= self.flip_p < 0.5:
+            raise ConfigError(f"jscc-bsc flip probability must be in [0, 0.5), got {self.flip_p}")
         levels: dict[str, tuple[Any, ...]] = {
             "split": self.splits,
             "sparsity": self.sparsities,
@@ -87,10 +126,14 @@ class SearchSpace:
             levels["bits"] = self.bits
         if len(self.activation_sparsities) > 1:
             levels["activation_sparsity"] = self.activation_sparsities
+        if len(self.codec_kinds) > 1:
+            levels["codec_kind"] = self.codec_kinds
         object.__setattr__(self, "_levels", levels)
         first = next(iter(self.cells()), None)
         if first is None:
-            raise ConfigError(f"search space of {self.model} has no valid cell (ratio × bits must be ≥ 32)")
+            raise ConfigError(
+                f"search space of {self.model} has no valid cell (ratio × bits must be ≥ 32; ratio ≥ 32 for JSCC)"
+            )
         self.spec(first)  # fail early on bad levels (sparsity ≥ 1, unknown fidelity, ...)
 
     @classmethod
@@ -147,14 +190,27 @@ class SearchSpace:
 
     def params(self, index: Sequence[int]) -> dict[str, Any]:
         """Dimension name → level value of a cell."""
-        if len(index) != len(self.sizes) or any(not 0 <= int(i) < n for i, n in zip(index, self.sizes, strict=True)):
+        levels = self._levels
+        if len(index) != len(levels) or any(
+            not 0 <= int(i) < len(lv) for i, lv in zip(index, levels.values(), strict=False)
+        ):
             raise ConfigError(f"cell {tuple(index)} is outside the space of sizes {self.sizes}")
-        return {n: lv[int(i)] for (n, lv), i in zip(self._levels.items(), index, strict=True)}
+        return {n: lv[int(i)] for (n, lv), i in zip(levels.items(), index, strict=True)}
 
     def _codec(self, params: dict[str, Any]) -> CodecSpec:
         shape = self.feature_shapes[self.splits.index(params["split"])]
-        bits = params.get("bits", self.bits[0])
-        return codec_for_ratio(shape, float(params["ratio"]), bits=bits, kind=self.codec_kind)
+        kind = params.get("codec_kind", self.codec_kinds[0])
+        bits = SYMBOL_BITS[kind] or params.get("bits", self.bits[0])
+        codec = codec_for_ratio(shape, float(params["ratio"]), bits=bits, kind=kind)
+        if SYMBOL_BITS[kind] is not None and codec.channels is None and codec.dim is None:
+            # JSCC sends the whole feature: a learned conv keeps every channel, since a channel code needs an encoder
+            # (without one a BSC would send the signs of post-ReLU values, all +1, and nothing would be trained)
+            codec = replace(codec, channels=shape[0])
+        if kind == "jscc-awgn" and self.snr_db is not None:
+            codec = replace(codec, snr_db=float(self.snr_db))
+        if kind == "jscc-bsc" and self.flip_p is not None:
+            codec = replace(codec, flip_p=float(self.flip_p))
+        return codec
 
     def spec(self, index: Sequence[int]) -> VariantSpec:
         """The variant of a cell.
@@ -173,6 +229,7 @@ class SearchSpace:
             codec=self._codec(p),
             fidelity=self.fidelity,
             seed=self.seed,
+            val_size=self.val_size,
         )
 
     def valid(self, index: Sequence[int]) -> bool:
@@ -246,3 +303,18 @@ class SearchSpace:
         """One line: dimensions, levels and cell counts."""
         dims = " × ".join(f"{n} {k}" for n, k in zip(self.names, self.sizes, strict=True))
         return f"{self.model}/{self.dataset}: {dims} = {self.n_cells} cells, {len(self.grid())} distinct variants"
+
+    def identity(self) -> str:
+        """One line that differs between spaces a run name must not mix: :meth:`describe`, the codec kinds and
+        their channel settings, the activation sparsities when not the default (0), and the base checkpoint."""
+        coding = ",".join(self.codec_kinds)
+        if self.snr_db is not None:
+            coding += f" (jscc-awgn at {self.snr_db:g} dB)"
+        if self.flip_p is not None:
+            coding += f" (jscc-bsc at p {self.flip_p:g})"
+        text = f"{self.describe()}; codec {coding}"
+        if self.activation_sparsities != (0.0,):
+            text += f"; activation sparsity {','.join(f'{a:g}' for a in self.activation_sparsities)}"
+        if self.val_size is not None:
+            text += f"; validation images {self.val_size}"
+        return f"{text}; weights {self.weights_sha256 or 'trained here'}"

@@ -12,7 +12,8 @@ Artifacts a variant needs (recorded with ``LookupTable.record_ok(..., artifacts=
 2. **coinference builder checkpoints** (what ``coinference.build.save_variant`` writes; no ``server`` artifact):
    ``device``: the pruned model (``coinference.pruned/1``), ``codec``: the trained codec and server tail
    (``coinference.codec/1``). The device part is ``head → codec.to_symbols``, the server part
-   ``codec.from_symbols → expand → tail``, and the bytes path the codec's own ``encode_payload``/``decode_payload``.
+   ``codec.from_symbols → expand → tail``, and the bytes path the codec's own ``encode_payload``/``decode_payload``
+   (none for analog JSCC, whose device output is the real channel symbols themselves).
 
 Each file is checked against the sha256 recorded in the table before it is loaded.
 """
@@ -40,6 +41,7 @@ from coinference.export import (
     load_torchscript,
     verify_export,
 )
+from coinference.variant import ON_DEVICE
 from storage.errors import StorageError
 from storage.records import VariantRecord
 
@@ -116,6 +118,12 @@ def export_record(
 
     if record.measurement is None:
         raise StorageError(f"variant {record.key[:12]} has status {record.status!r}: nothing measured to export")
+    if record.spec.whole_model:
+        where = "on the device" if record.spec.split == ON_DEVICE else "on the server, the device sending PNG images"
+        raise ExportError(
+            f"variant {record.key[:12]} ({record.spec.split}) runs the whole {record.spec.model} {where}: there is no "
+            "split package to export; deploy the base checkpoint itself"
+        )
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"export folder {out} is not empty (overwrite=True, or --force, replaces it)")
@@ -198,7 +206,7 @@ class FeatureCodecBytes:
         return out
 
 
-def _builder_parts(record: VariantRecord) -> tuple[nn.Module, nn.Module, ByteCodec]:
+def _builder_parts(record: VariantRecord) -> tuple[nn.Module, nn.Module, ByteCodec | None]:
     from coinference.build import load_codec
     from coinference.errors import CoinferenceError
     from coinference.prune import load_pruned
@@ -217,4 +225,6 @@ def _builder_parts(record: VariantRecord) -> tuple[nn.Module, nn.Module, ByteCod
         ) from None
     device = nn.Sequential(pruned.head, _ToSymbols(codec)).eval()
     server = nn.Sequential(_FromSymbols(codec), tail).eval()
-    return device, server, FeatureCodecBytes(codec)
+    # analog JSCC (channel uses measured) has no bitstream: its real symbols go onto the channel as they are
+    analog = record.measurement is not None and record.measurement.channel_uses is not None
+    return device, server, None if analog else FeatureCodecBytes(codec)

@@ -2,9 +2,17 @@
 :func:`coinference.latency.end_to_end`; memory feasibility with :func:`coinference.latency.feasible`.
 
 Semantics of :func:`query`: among variants with status ``ok``, drop those below the accuracy floor, those whose
-device memory (parameters + peak activations) exceeds the device's, and analog-JSCC variants when the link has no
-symbol rate; rank the rest by end-to-end latency (ties: higher accuracy, then fewer bits, then key). Every measured
-variant is a candidate, not only the Pareto front: latency also depends on server MACs, which the front ignores.
+device memory (parameters + peak activations) exceeds the device's, analog-JSCC variants when the link has no
+symbol rate, and, when the link's SNR is given, analog-JSCC variants measured at a higher SNR than the link's; rank
+the rest by end-to-end latency (ties: higher accuracy, then fewer bits, then key). Every measured variant is a
+candidate, not only the Pareto front: latency also depends on server MACs, which the front ignores.
+
+Analog JSCC (a measurement with ``channel_uses``) sends real symbols, not bits: its transmission takes channel uses
+÷ the link's symbol rate (real channel uses per second). Its accuracy was measured at one SNR (:func:`analog_snr_db`:
+the spec's ``codec.snr_db``, or the codec's default evaluation SNR of 10 dB when the spec has none — training drew
+SNRs from a range either way), and it is taken to hold on a link of that SNR or more, never on a noisier one: a
+variant measured at 10 dB does not qualify on a 0 dB link. Without a link SNR every analog variant qualifies (the
+link is assumed at least as clean as each variant's SNR).
 """
 
 from __future__ import annotations
@@ -83,14 +91,32 @@ def floor_label(floor: float | None) -> str:
     return f"accuracy ≥ {floor:.4f}" if floor is not None else "no accuracy floor"
 
 
+def analog_snr_db(record: VariantRecord) -> float | None:
+    """The SNR (dB per real symbol) an analog-JSCC variant's accuracy was measured at: its spec's ``codec.snr_db``,
+    else the codec's default evaluation SNR (:attr:`coinference.codec.CodecConfig.snr_db`, 10 dB); None for a
+    digital variant (no channel uses)."""
+    if record.measurement is None or record.measurement.channel_uses is None:
+        return None
+    if record.spec.codec.snr_db is not None:
+        return float(record.spec.codec.snr_db)
+    from coinference.codec.config import CodecConfig
+
+    return float(CodecConfig.snr_db)
+
+
 def candidates(
     records: Sequence[VariantRecord],
     link: Link,
     device: DeviceProfile,
     server: ServerProfile,
     accuracy_floor: float | None = None,
+    snr_db: float | None = None,
 ) -> list[Candidate]:
     """Every feasible measured variant with its latency, best first.
+
+    Args:
+        snr_db: the link's SNR in dB per real symbol: analog-JSCC variants measured at a higher SNR are dropped
+            (None: no such check).
 
     Raises:
         EmptyTableError: no variant has status ``ok``.
@@ -99,16 +125,19 @@ def candidates(
     ok = measured(records)
     if not ok:
         raise EmptyTableError("the lookup table has no measured (status ok) variant to choose from")
-    below, too_big, analog, out = [], [], 0, []
+    below, too_big, analog, noisy, out = [], [], 0, [], []
     for r in ok:
         m = r.measurement
         assert m is not None
+        needs = analog_snr_db(r)
         if accuracy_floor is not None and m.accuracy < accuracy_floor:
             below.append(m.accuracy)
         elif not feasible(m, device):
             too_big.append(m.device_memory_bytes)
         elif m.channel_uses is not None and link.symbols_per_s is None:
             analog += 1
+        elif needs is not None and snr_db is not None and needs > snr_db:
+            noisy.append(needs)
         else:
             out.append(Candidate(r, end_to_end(m, device, server, link)))
     if not out:
@@ -122,6 +151,11 @@ def candidates(
             )
         if analog:
             why.append(f"{analog} analog-JSCC variants need a link symbol rate")
+        if noisy:
+            why.append(
+                f"{len(noisy)} analog-JSCC variants were measured at a higher SNR than the link's {snr_db:g} dB "
+                f"(lowest {min(noisy):g} dB)"
+            )
         raise NoFeasibleVariantError(f"no feasible variant among {len(ok)} measured: " + "; ".join(why))
     out.sort(key=_rank)
     return out
@@ -140,13 +174,15 @@ def query(
     server: ServerProfile,
     accuracy_floor: float | None = None,
     runners_up: int = 3,
+    snr_db: float | None = None,
 ) -> QueryResult:
-    """The feasible variant with the least end-to-end latency on ``link``, and up to ``runners_up`` next best.
+    """The feasible variant with the least end-to-end latency on ``link`` (of SNR ``snr_db``, when given), and up
+    to ``runners_up`` next best.
 
     Raises:
         EmptyTableError, NoFeasibleVariantError: see :func:`candidates`.
     """
-    cands = candidates(records, link, device, server, accuracy_floor)
+    cands = candidates(records, link, device, server, accuracy_floor, snr_db)
     return QueryResult(cands[0], tuple(cands[1 : 1 + max(0, runners_up)]), len(cands), len(measured(records)))
 
 
@@ -187,13 +223,17 @@ def bandwidth_table(
     rtt_s: float = 0.0,
     accuracy_floor: float | None = None,
     bandwidths: Sequence[float] | None = None,
+    symbols_per_s: float | None = None,
+    snr_db: float | None = None,
 ) -> list[BandwidthChoice]:
     """The best variant at each rate (default :func:`log_bandwidths`: 1 KB/s … 100 MB/s, 4 per decade), for
     devices that look the answer up instead of running a query. Feasibility does not depend on the rate, so
-    either every row has a variant or :class:`NoFeasibleVariantError` is raised."""
+    either every row has a variant or :class:`NoFeasibleVariantError` is raised. ``symbols_per_s`` and ``snr_db``
+    describe the link for analog-JSCC variants (the same at every rate; see :func:`candidates`)."""
     rows = []
     for bw in bandwidths if bandwidths is not None else log_bandwidths():
-        c = candidates(records, Link(bw, rtt_s=rtt_s), device, server, accuracy_floor)[0]
+        link = Link(bw, rtt_s=rtt_s, symbols_per_s=symbols_per_s)
+        c = candidates(records, link, device, server, accuracy_floor, snr_db)[0]
         m = c.record.measurement
         assert m is not None
         rows.append(BandwidthChoice(bw, c.record.key, c.total_s, m.accuracy, m.bits_mean + m.header_bits))

@@ -26,6 +26,11 @@ def test_names_equal_their_registries() -> None:
     assert tuple(DATASETS.names()) == names.DATASETS
     assert tuple(SEARCHERS.names()) == names.SEARCHERS
     assert tuple(KINDS) == names.CODEC_KINDS
+    from coinference.codec.config import SNR_RANGE_DB
+    from search.space import SEARCH_CODEC_KINDS
+
+    assert names.SEARCH_CODEC_KINDS == SEARCH_CODEC_KINDS and set(SEARCH_CODEC_KINDS) <= set(KINDS)
+    assert names.SNR_RANGE_DB == SNR_RANGE_DB
     assert CLI_MARGIN == DEFAULT_MARGIN
     for s in names.SAMPLERS:
         make_sampler(s, 0)

@@ -15,11 +15,15 @@ from search.cli.table_options import (
     DbOpt,
     DeviceOpt,
     FidelityOpt,
+    LinkSnrOpt,
     MinAccOpt,
     NameOpt,
     RttOpt,
     RunsRootOpt,
     ServerOpt,
+    SymbolRateOpt,
+    analog_note,
+    check_analog,
     check_fidelity,
     check_min_accuracy,
     check_profiles,
@@ -42,18 +46,22 @@ def export(
     device: DeviceOpt = "rpi3",
     server: ServerOpt = "rtx2080ti",
     rtt: RttOpt = 0.0,
+    symbol_rate: SymbolRateOpt = None,
+    snr: LinkSnrOpt = None,
     min_accuracy: MinAccOpt = None,
     fidelity: FidelityOpt = None,
     data_dir: DataDirOpt = None,
     verify_images: Annotated[int, typer.Option(help="Test images the export is verified on (≥ 1).")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export in --out.")] = False,
 ) -> None:
-    """Export the best variant for --bandwidth/--device as TorchScript + ONNX packages, verified by onnxruntime."""
+    """Export the best variant for --bandwidth/--device as TorchScript + ONNX packages, verified by onnxruntime
+    (analog JSCC variants take part given --symbol-rate and --snr, as in `query`)."""
     check_profiles(device, server)
+    check_analog(symbol_rate, snr)
     check_min_accuracy(min_accuracy)
     check_fidelity(fidelity)
     validate.at_least("--verify-images", verify_images, 1)
-    lk = link(bandwidth, rtt)
+    lk = link(bandwidth, rtt, symbol_rate)
     validate.writable_dir("--out", out)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ConfigError(f"--out {str(out)!r} is not empty (add --force to replace the export in it)")
@@ -66,13 +74,13 @@ def export(
     from coinference.zoo import MODELS
     from storage.export import export_record
     from storage.plots import fmt_rate
-    from storage.query import floor_label, resolve_floor
+    from storage.query import analog_snr_db, floor_label, resolve_floor
     from storage.query import query as run_query
 
     with read_table(ref) as table:
         records = of_fidelity(table.variants(status="ok"), fidelity)
         floor = resolve_floor(records, min_accuracy, dev)
-        res = run_query(records, lk, dev, srv, floor, runners_up=0)
+        res = run_query(records, lk, dev, srv, floor, runners_up=0, snr_db=snr)
         rec = res.best.record
         assert rec.measurement is not None
         best_acc = rec.measurement.accuracy
@@ -85,6 +93,8 @@ def export(
             "query": {
                 "bandwidth_bytes_per_s": lk.bandwidth_bytes_per_s,
                 "rtt_s": lk.rtt_s,
+                "symbols_per_s": symbol_rate,
+                "snr_db": snr,
                 "device": dev.name,
                 "server": srv.name,
                 "accuracy_floor": floor,
@@ -99,6 +109,9 @@ def export(
             "device_profile": {"macs_per_s": dev.macs_per_s, "memory_bytes": dev.memory_bytes, "source": dev.source},
             "server_profile": {"macs_per_s": srv.macs_per_s, "source": srv.source},
         }
+        uses = rec.measurement.channel_uses
+        if uses is not None:  # analog JSCC: the device's output symbols go onto the channel as they are
+            extra["analog"] = {"real_channel_uses": uses, "snr_db": analog_snr_db(rec)}
         images = data.normalize(data.test_x[:verify_images])
         from search.cli.progress import cli_progress
 
@@ -109,12 +122,16 @@ def export(
         table.add_artifacts(rec.key, {"export/manifest": manifest})
     con = console()
     con.print(
-        f"exported {rec.key[:12]} ({rec.spec.model} split {rec.spec.split}) for {fmt_rate(lk.bandwidth_bytes_per_s)} "
-        f"on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms, accuracy {best_acc:.4f}" + f" ({floor_label(floor)})"
+        f"exported {rec.key[:12]} ({rec.spec.model} split {rec.spec.split}) for {fmt_rate(lk.bandwidth_bytes_per_s)}"
+        f"{analog_note(symbol_rate, snr)} on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms, accuracy {best_acc:.4f}"
+        + f" ({floor_label(floor)})"
     )
     bits = f", {report.bits_mean:,.0f} payload bits/image" if report.bits_mean is not None else ""
+    path = "through ONNX and through the bytes path"
+    if uses is not None:
+        path = f"through ONNX (analog: {uses:,} real channel symbols per image, no bytes path)"
     con.print(
         f"verified on {report.images} test images: onnxruntime vs torch max |Δlogit| {report.max_abs_logit_diff:.2g}, "
-        f"predictions identical through ONNX and through the bytes path{bits}"
+        f"predictions identical {path}{bits}"
     )
     con.print(f"manifest: {manifest}")

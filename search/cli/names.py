@@ -32,6 +32,10 @@ SAMPLERS = ("nsga2", "tpe")
 """``search.searchers.optuna_search.make_sampler``."""
 CODEC_KINDS = ("sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp", "huffman", "none")
 """``coinference.codec.KINDS``."""
+SEARCH_CODEC_KINDS = ("sq", "vq", "jscc-bsc", "jscc-awgn")
+"""``search.space.SEARCH_CODEC_KINDS``: the codec kinds a search tries, in their ordinal order."""
+SNR_RANGE_DB = (-10.0, 40.0)
+"""``coinference.codec.config.SNR_RANGE_DB``: SNRs (dB per real channel symbol) accepted anywhere."""
 
 
 def check(kind: str, value: str, valid: tuple[str, ...] | list[str]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -15,11 +15,14 @@ from search.cli.table_options import (
     DbOpt,
     DeviceOpt,
     FidelityOpt,
+    LinkSnrOpt,
     MinAccOpt,
     NameOpt,
     RttOpt,
     RunsRootOpt,
     ServerOpt,
+    SymbolRateOpt,
+    check_analog,
     check_fidelity,
     check_min_accuracy,
     check_profiles,
@@ -42,6 +45,8 @@ def pareto(
     device: DeviceOpt = "rpi3",
     server: ServerOpt = "rtx2080ti",
     rtt: RttOpt = 0.0,
+    symbol_rate: SymbolRateOpt = None,
+    snr: LinkSnrOpt = None,
     min_accuracy: MinAccOpt = None,
     fidelity: FidelityOpt = None,
     out: Annotated[
@@ -50,9 +55,12 @@ def pareto(
     as_json: Annotated[bool, typer.Option("--json", help="Print the front as JSON instead.")] = False,
 ) -> None:
     """Pareto front over (accuracy ↑, device MACs ↓, bits ↓) of the variants that fit --device, as a table and a
-    plot with the variant chosen at each bandwidth marked (the same floor and chooser as `query` and `export`)."""
+    plot with the variant chosen at each bandwidth marked (the same floor and chooser as `query` and `export`;
+    analog JSCC variants are chosen given --symbol-rate, and with --snr those measured at a higher SNR are left off
+    the front)."""
     check_profiles(device, server)
     check_rtt(rtt)
+    check_analog(symbol_rate, snr)
     check_min_accuracy(min_accuracy)
     check_fidelity(fidelity)
     ref = locate(db, name, runs_root)
@@ -65,7 +73,7 @@ def pareto(
     from coinference.latency import feasible
     from storage import EmptyTableError, NoFeasibleVariantError
     from storage.pareto import OBJECTIVES, hypervolume, measured, pareto_front, pareto_ranks, reference_point
-    from storage.query import BandwidthChoice, bandwidth_table, floor_label, resolve_floor
+    from storage.query import BandwidthChoice, analog_snr_db, bandwidth_table, floor_label, resolve_floor
 
     with read_table(ref) as table:
         records = of_fidelity(table.variants(), fidelity)
@@ -73,8 +81,14 @@ def pareto(
     if not ok:
         what = f" at fidelity {fidelity}" if fidelity else ""
         raise EmptyTableError(f"the lookup table {table.url} has no measured (status ok) variant{what}")
-    # The front of what this device can hold: a variant that does not fit would dominate points it cannot replace.
-    fits = [r for r in ok if r.measurement is not None and feasible(r.measurement, dev)]
+
+    # The front of what this device can hold (and this link can carry): a variant that does not fit would dominate
+    # points it cannot replace.
+    def usable(r: Any) -> bool:
+        needs = analog_snr_db(r)
+        return snr is None or needs is None or needs <= snr
+
+    fits = [r for r in ok if r.measurement is not None and feasible(r.measurement, dev) and usable(r)]
     floor = resolve_floor(ok, min_accuracy, dev)
     front = pareto_front(fits, min_accuracy or None)  # an explicit floor trims the front; the default only chooses
     ranks = pareto_ranks(fits)
@@ -83,13 +97,15 @@ def pareto(
     choices: list[BandwidthChoice] = []
     note = ""
     try:
-        choices = bandwidth_table(ok, dev, srv, rtt, floor)
+        choices = bandwidth_table(ok, dev, srv, rtt, floor, symbols_per_s=symbol_rate, snr_db=snr)
     except NoFeasibleVariantError as e:
         note = f"no variant is chosen on {dev.name}: {e}"
     if as_json:
         doc = {
             "objectives": list(OBJECTIVES),
             "device": dev.name,
+            "symbols_per_s": symbol_rate,
+            "snr_db": snr,
             "reference_point": list(ref_point),
             "hypervolume": hv,
             "accuracy_floor": floor,
@@ -160,6 +176,6 @@ def pareto(
     for line in (note, fidelity_note(ok)):
         if line:
             con.print(line)
-    big = [r for r in ok if r not in fits]
+    big = [r for r in ok if r.measurement is not None and not feasible(r.measurement, dev)]
     path = plot_front(ok, front, choices, png, title=f"{dev.name} / {srv.name}", infeasible=big)
     con.print(f"plot: {path}")

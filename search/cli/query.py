@@ -17,11 +17,15 @@ from search.cli.table_options import (
     DbOpt,
     DeviceOpt,
     FidelityOpt,
+    LinkSnrOpt,
     MinAccOpt,
     NameOpt,
     RttOpt,
     RunsRootOpt,
     ServerOpt,
+    SymbolRateOpt,
+    analog_note,
+    check_analog,
     check_fidelity,
     check_min_accuracy,
     check_profiles,
@@ -53,6 +57,8 @@ def query(
     device: DeviceOpt = "rpi3",
     server: ServerOpt = "rtx2080ti",
     rtt: RttOpt = 0.0,
+    symbol_rate: SymbolRateOpt = None,
+    snr: LinkSnrOpt = None,
     min_accuracy: MinAccOpt = None,
     fidelity: FidelityOpt = None,
     top: Annotated[int, typer.Option(help="Runners-up to list (≥ 0).")] = 3,
@@ -63,9 +69,11 @@ def query(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     key_only: Annotated[bool, typer.Option("--key", help="Print only the best variant's key (for scripts).")] = False,
 ) -> None:
-    """Best variant for a bandwidth, device, server, RTT and accuracy floor (latency computed now)."""
+    """Best variant for a bandwidth, device, server, RTT and accuracy floor (latency computed now); analog JSCC
+    variants take part given the link's --symbol-rate (and, with --snr, only those measured at that SNR or lower)."""
     check_profiles(device, server)
     check_rtt(rtt)
+    check_analog(symbol_rate, snr)
     check_min_accuracy(min_accuracy)
     check_fidelity(fidelity)
     validate.at_least("--top", top, 0)
@@ -76,7 +84,7 @@ def query(
         raise ConfigError("give --bandwidth (e.g. 40KB/s), or --table for every rate")
     if key_only and (table_ or as_json):
         raise ConfigError(f"--key prints one variant's key: use it without {'--table' if table_ else '--json'}")
-    lk = link(bandwidth, rtt) if bandwidth is not None else None
+    lk = link(bandwidth, rtt, symbol_rate) if bandwidth is not None else None
     ref = locate(db, name, runs_root)
     dev, srv = profiles(device, server)
     from rich.table import Table
@@ -91,13 +99,17 @@ def query(
     con = console()
     if table_:
         rates = log_bandwidths(per_decade=per_decade) if bandwidth is None else [parse_bandwidth(bandwidth)]
-        rows = bandwidth_table(records, dev, srv, rtt, floor, rates)
+        rows = bandwidth_table(records, dev, srv, rtt, floor, rates, symbol_rate, snr)
         fid = {r.key: r.spec.fidelity for r in records}
         if as_json:
             doc = {"device": dev.name, "server": srv.name, "rtt_s": rtt, "accuracy_floor": floor}
+            doc |= {"symbols_per_s": symbol_rate, "snr_db": snr}
             typer.echo(json.dumps({**doc, "rows": [r.to_dict() for r in rows]}, indent=2))
             return
-        t = Table(title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s, {floor_label(floor)}")
+        t = Table(
+            title=f"bandwidth → variant on {dev.name} / {srv.name}, RTT {rtt:g} s{analog_note(symbol_rate, snr)}, "
+            f"{floor_label(floor)}"
+        )
         for col in ("bandwidth", "variant", "fidelity", "latency ms", "accuracy", "bits"):
             t.add_column(col, justify="right")
         for r in rows:
@@ -111,7 +123,7 @@ def query(
             con.print(note)
         return
     assert lk is not None
-    res = run_query(records, lk, dev, srv, floor, top)
+    res = run_query(records, lk, dev, srv, floor, top, snr)
     if key_only:
         typer.echo(res.best.record.key)
         return
@@ -119,6 +131,8 @@ def query(
     if as_json:
         doc = {
             "bandwidth_bytes_per_s": lk.bandwidth_bytes_per_s,
+            "symbols_per_s": symbol_rate,
+            "snr_db": snr,
             "device": dev.name,
             "server": srv.name,
             "feasible": res.feasible,
@@ -139,7 +153,8 @@ def query(
         typer.echo(json.dumps(doc, indent=2))
         return
     t = Table(
-        title=f"{fmt_rate(lk.bandwidth_bytes_per_s)} on {dev.name} / {srv.name}, RTT {rtt:g} s: "
+        title=f"{fmt_rate(lk.bandwidth_bytes_per_s)}{analog_note(symbol_rate, snr)} on {dev.name} / {srv.name}, "
+        f"RTT {rtt:g} s: "
         f"{res.feasible} feasible of {res.measured} measured, {floor_label(floor)}"
     )
     for col in ("#", "key", "split", "sparsity", "codec", "fidelity", "accuracy", "device MACs", "bits", "device ms",

@@ -17,10 +17,12 @@ from search.cli.common import (
     DataDirOpt,
     DatasetOpt,
     ModelOpt,
+    ValSizeOpt,
     WeightsOpt,
     check_data_dir,
     check_model_data,
     check_seed,
+    check_val_size,
     console,
 )
 from search.runs import DEFAULT_RUNS_ROOT, db_url
@@ -51,6 +53,36 @@ def search(
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
     fidelity: Annotated[str, typer.Option(help=f"Training budget per variant: {', '.join(FIDELITIES)}.")] = "fast",
+    codec_kinds: Annotated[
+        str,
+        typer.Option(
+            help=f"Codec kinds to try, comma-separated: {', '.join(names.SEARCH_CODEC_KINDS)} (a search dimension, in "
+            "this order, when more than one). The compression ratio counts a JSCC channel use as one bit."
+        ),
+    ] = "sq",
+    activation_sparsities: Annotated[
+        str,
+        typer.Option(
+            help="Fractions of the split feature's channels left unsent, comma-separated, each in [0, 1) (a search "
+            "dimension when more than one)."
+        ),
+    ] = "0",
+    snr: Annotated[
+        float | None,
+        typer.Option(
+            "--snr",
+            help="SNR in dB per real symbol, in [-10, 40], at which jscc-awgn variants are evaluated: their accuracy "
+            "holds on links of this SNR or more (default 10; training draws 0-20 dB).",
+        ),
+    ] = None,
+    flip_p: Annotated[
+        float | None,
+        typer.Option(
+            "--flip-p",
+            help="BSC flip probability in [0, 0.5) at which jscc-bsc variants are evaluated (default 0.01; training "
+            "draws 0-0.1).",
+        ),
+    ] = None,
     db: Annotated[
         str | None,
         typer.Option(
@@ -64,6 +96,7 @@ def search(
         bool, typer.Option("--retry-failed", help="Rebuild variants the table holds as failed (once each).")
     ] = False,
     seed: Annotated[int, typer.Option(help="Searcher seed.")] = 0,
+    val_size: ValSizeOpt = None,
     sampler: Annotated[str, typer.Option(help=f"Optuna/Ray sampler: {', '.join(names.SAMPLERS)}.")] = "tpe",
     accuracy_floor: Annotated[
         float | None,
@@ -84,13 +117,29 @@ def search(
     ] = None,
     runs_root: Annotated[Path, typer.Option(help="Parent folder of the run folder.")] = DEFAULT_RUNS_ROOT,
 ) -> None:
-    """Search split × sparsity × compression, store every variant in the lookup table, print the front."""
+    """Search split × sparsity × compression (× bits × activation sparsity × codec kind), store every variant in
+    the lookup table, print the front."""
     # every argument is checked before anything is imported, built or written
     names.check("searcher", searcher, names.SEARCHERS)
     names.check("Optuna sampler", sampler, names.SAMPLERS)
     names.check("fidelity", fidelity, FIDELITIES)
     names.check("device profile", device, device_names())
     validate.at_least("--trials", trials, 1)
+    kinds = validate.name_list("--codec-kinds", codec_kinds, "search codec kind", names.SEARCH_CODEC_KINDS)
+    act = validate.number_list("--activation-sparsities", activation_sparsities, 0.0, 1.0, high_open=True)
+    space_levels: dict[str, object] = {"codec_kinds": kinds, "activation_sparsities": act}
+    for option, value, kind, key in (("--snr", snr, "jscc-awgn", "snr_db"), ("--flip-p", flip_p, "jscc-bsc", "flip_p")):
+        if value is None:
+            continue
+        if option == "--snr":
+            validate.in_range(option, value, *names.SNR_RANGE_DB)
+        else:
+            validate.in_range(option, value, 0.0, 0.5, high_open=True)
+        if kind not in kinds:
+            raise ConfigError(
+                f"{option} {value:g} applies to {kind} variants: add {kind} to --codec-kinds {codec_kinds}"
+            )
+        space_levels[key] = value
     validate.at_least("--ppo-timesteps", ppo_timesteps, 1)
     if num_cpus is not None:
         validate.at_least("--num-cpus", num_cpus, 1)
@@ -109,6 +158,8 @@ def search(
     if address is not None and not address.strip():
         raise ConfigError(f"--address must be a Ray address (e.g. ray://HOST:10001 or auto), got {address!r}")
     dataset_name = check_model_data(model, weights, dataset, data_dir)
+    if check_val_size(dataset_name, val_size) is not None:
+        space_levels["val_size"] = val_size
     run_dir = runs_root / name
     if resume and not (run_dir / "evaluations.jsonl").exists():
         raise ConfigError(f"nothing to resume: {run_dir / 'evaluations.jsonl'} does not exist")
@@ -140,6 +191,7 @@ def search(
         accuracy_floor=accuracy_floor,
         device=device,
         runs_root=runs_root,
+        space_levels=space_levels,
         options=options,
         retry_failed=retry_failed,
     )
@@ -147,7 +199,7 @@ def search(
     # stops the search here, not after the first variant, and is never stored as a variant's failure
     from search.cli.common import model_and_data
 
-    model_and_data(model, weights, dataset_name, data_dir, need_data=evaluate is None)
+    model_and_data(model, weights, dataset_name, data_dir, need_data=evaluate is None, val_size=val_size)
     if db is not None and (db_file is None or db_file.exists()):
         # an existing SQLite file must already be a lookup table (never one added into some other program's file);
         # a server database is opened now, and gets the schema if it has none

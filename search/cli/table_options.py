@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from coinference.errors import ConfigError
 from coinference.latency import SERVERS, DeviceProfile, Link, ServerProfile, device_names, device_profile
 from coinference.latency import parse_bandwidth as _parse_bandwidth
 from coinference.variant import FIDELITIES
@@ -45,6 +46,22 @@ MinAccOpt = Annotated[
 ]
 BANDWIDTH_HELP = "Link rate: 40KB/s (B = bytes), 320kbit/s or 320kbps (b = bits), 125000 (bytes/s)."
 BandwidthOpt = Annotated[str, typer.Option("--bandwidth", "-b", help=BANDWIDTH_HELP)]
+SymbolRateOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--symbol-rate",
+        help="Real channel uses per second of the link, for analog JSCC variants (jscc-awgn): they send channel_uses "
+        "real symbols, taking channel_uses / rate seconds (default: none, and analog variants are left out).",
+    ),
+]
+LinkSnrOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--snr",
+        help="The link's SNR in dB per real symbol (with --symbol-rate): only analog variants measured at this SNR "
+        "or lower qualify (a variant's SNR: its codec's snr_db, else 10 dB; default: no check).",
+    ),
+]
 FidelityOpt = Annotated[
     str | None,
     typer.Option(
@@ -91,9 +108,29 @@ def check_fidelity(fidelity: str | None) -> str | None:
     return None if fidelity is None else names.check("fidelity", fidelity, FIDELITIES)
 
 
-def link(bandwidth: str, rtt: float) -> Link:
-    """--bandwidth/--rtt → :class:`Link` (bad values raise ConfigError)."""
-    return Link(_parse_bandwidth(bandwidth), rtt_s=check_rtt(rtt))
+def check_analog(symbol_rate: float | None, snr: float | None) -> None:
+    """--symbol-rate in (0, 1e12] real symbols per second; --snr in the accepted SNR range, and only with
+    --symbol-rate (it concerns analog variants, which need a symbol rate)."""
+    if symbol_rate is not None:
+        validate.in_range("--symbol-rate", symbol_rate, 0.0, 1e12, low_open=True)
+    if snr is not None:
+        validate.in_range("--snr", snr, *names.SNR_RANGE_DB)
+        if symbol_rate is None:
+            raise ConfigError(
+                f"--snr {snr:g} is the SNR of an analog link: give its --symbol-rate too (real channel uses per second)"
+            )
+
+
+def link(bandwidth: str, rtt: float, symbol_rate: float | None = None) -> Link:
+    """--bandwidth/--rtt/--symbol-rate → :class:`Link` (bad values raise ConfigError)."""
+    return Link(_parse_bandwidth(bandwidth), rtt_s=check_rtt(rtt), symbols_per_s=symbol_rate)
+
+
+def analog_note(symbol_rate: float | None, snr: float | None) -> str:
+    """The analog part of a link as titles print it (empty without a symbol rate)."""
+    if symbol_rate is None:
+        return ""
+    return f", {fmt_count(symbol_rate)} symbols/s" + (f" at {snr:g} dB" if snr is not None else "")
 
 
 def fmt_count(x: float) -> str:

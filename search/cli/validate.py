@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from coinference.errors import ConfigError, DataError
+from coinference.errors import ConfigError, DataError, UnknownNameError
 from search.runs import run_name as run_name
 
 
@@ -45,6 +45,43 @@ def in_range(
             want = f"{'<' if high_open else '≤'} {high:g}"
         raise ConfigError(f"{option} must be {want}, got {value!r}")
     return value
+
+
+def _items(option: str, text: str) -> list[str]:
+    items = [t.strip() for t in text.split(",")]
+    if not text.strip() or "" in items:
+        raise ConfigError(f"{option} must be a comma-separated list without empty items, got {text!r}")
+    seen = set()
+    for t in items:
+        if t in seen:
+            raise ConfigError(f"{option} lists {t!r} twice, got {text!r}")
+        seen.add(t)
+    return items
+
+
+def number_list(option: str, text: str, low: float, high: float, *, high_open: bool = False) -> tuple[float, ...]:
+    """Comma-separated numbers (``0,0.25,0.5``), each finite and within [low, high] (``high_open``: [low, high)),
+    none twice."""
+    out = []
+    for t in _items(option, text):
+        try:
+            v = float(t)
+        except ValueError:
+            raise ConfigError(f"{option} must be comma-separated numbers, got {t!r} in {text!r}") from None
+        if v in out:
+            raise ConfigError(f"{option} lists {v:g} twice, got {text!r}")
+        out.append(in_range(option, v, low, high, high_open=high_open))
+    return tuple(out)
+
+
+def name_list(option: str, text: str, kind: str, valid: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated names (``sq,jscc-awgn``), each one of ``valid``, none twice; an unknown one lists the valid
+    names."""
+    items = _items(option, text)
+    for t in items:
+        if t not in valid:
+            raise UnknownNameError(f"{option}: unknown {kind} {t!r}; valid: {', '.join(valid)}")
+    return tuple(items)
 
 
 def at_least(option: str, value: int, minimum: int = 1) -> int:
