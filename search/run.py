@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from coinference.errors import ConfigError
-from coinference.variant import VariantSpec
+from coinference.variant import WHOLE_MODEL, VariantSpec
 from coinference.zoo import DEFAULT_MODEL, MODELS, file_sha256
 from search.evaluator import CachedEvaluator, Evaluate, Outcome, Table
 from search.runs import db_url, run_name, sqlite_url, write_last_run
@@ -55,12 +55,17 @@ class SearchConfig:
     """Link rates (bytes/s) of the report's per-bandwidth choice."""
     runs_root: Path = Path("runs")
     """Parent folder of runs/<name>/."""
-    space_levels: dict[str, tuple] = field(default_factory=dict)
-    """Overrides of :class:`SearchSpace` levels (sparsities, ratios, bits, activation_sparsities, splits)."""
+    space_levels: dict[str, Any] = field(default_factory=dict)
+    """Overrides of :class:`SearchSpace` fields: levels (sparsities, ratios, bits, activation_sparsities,
+    codec_kinds, splits) and the JSCC channel settings (snr_db, flip_p)."""
     options: SearchOptions = field(default_factory=SearchOptions)
     """Searcher-specific settings."""
     retry_failed: bool = False
     """Rebuild the variants the table holds as failed (once each) instead of answering from the table."""
+    whole_model: bool = True
+    """Also measure the two candidates that split nothing (:data:`coinference.variant.WHOLE_MODEL`: the whole model
+    on the device, or the PNG image to the server) into the table, outside the budget, so that queries and exports
+    answer with them where they win."""
 
     @property
     def run_dir(self) -> Path:
@@ -126,9 +131,10 @@ def table_url(cfg: SearchConfig) -> str:
 
 
 def run_identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, str]:
-    """What a run name stands for and may not change between invocations: searcher, fidelity and space."""
-    space_text = f"{space.describe()}; codec {space.codec_kind}; weights {space.weights_sha256 or 'trained here'}"
-    return {"searcher": cfg.searcher, "fidelity": cfg.fidelity, "space": space_text}
+    """What a run name stands for and may not change between invocations: searcher, fidelity and space (its
+    dimensions, codec kinds and channel settings, activation sparsities and base checkpoint:
+    :meth:`SearchSpace.identity`)."""
+    return {"searcher": cfg.searcher, "fidelity": cfg.fidelity, "space": space.identity()}
 
 
 def check_same_run(run_dir: Path, identity: dict[str, str]) -> None:
@@ -198,15 +204,24 @@ def run_search(
         searcher.run(ctx)
         keys = tuple(ctx.ledger.order)
         failed = sum(1 for k in keys if ctx.ledger.done[k]["status"] == "failed")
+        # outside the budget and the ledger: candidates every table holds, chosen where they win
+        whole = tuple(ev(spec).spec.key for spec in whole_model_specs(space)) if cfg.whole_model else ()
         rep = None
         if report:
             from search.report import write_report
 
-            rep = write_report(table, keys, cfg, space)
+            rep = write_report(table, keys + whole, cfg, space)
         return SearchResult(run_dir, space, keys, ev.n_built, failed, time.perf_counter() - t0, rep)
     finally:
         if own_table:
             table.close()
+
+
+def whole_model_specs(space: SearchSpace) -> list[VariantSpec]:
+    """The whole-model candidates (on the device; PNG to the server) of ``space``'s model, data set, base
+    checkpoint, fidelity, seed and validation split."""
+    fields = {"weights_sha256": space.weights_sha256, "fidelity": space.fidelity, "seed": space.seed}
+    return [VariantSpec.whole(s, space.model, space.dataset, val_size=space.val_size, **fields) for s in WHOLE_MODEL]
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

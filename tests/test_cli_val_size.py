@@ -26,6 +26,7 @@ def test_train_sizes_are_the_loaders() -> None:
         ("build", "1000", "--val-size must be below synthetic's 256 training images, got 1000"),
         ("prune", "0", "--val-size must be ≥ 1, got 0"),
         ("encode", "999999", "--val-size must be below synthetic's 256 training images, got 999999"),
+        ("search", "256", "--val-size must be below synthetic's 256 training images, got 256"),
     ],
 )
 def test_bad_val_size_is_one_line_exit_2(

@@ -93,3 +93,33 @@ def test_base_threshold_does_not_read_test_labels(tmp_path: Path, monkeypatch: p
     garbage = prepare_base("tiny-cnn", "synthetic", cfg, out=tmp_path / "garbage.pt")
     assert garbage.threshold() == real.threshold() and garbage.accuracy == real.accuracy
     assert garbage.test_accuracy < 0.2 < 0.6 < real.test_accuracy  # the garbage arrived
+
+
+def test_whole_model_candidates_are_measured_queried_and_not_exported(tmp_path: Path) -> None:
+    from coinference.export import ExportError
+    from coinference.variant import ON_DEVICE, SERVER_PNG
+    from search.run import SearchConfig, make_space, whole_model_specs
+    from storage.export import export_record
+
+    specs = whole_model_specs(make_space(SearchConfig(model="tiny-cnn", fidelity="smoke")))
+    assert [s.split for s in specs] == [ON_DEVICE, SERVER_PNG] and all(s.whole_model for s in specs)
+    builder = Builder(cache_dir=tmp_path / "c")
+    on_device, png = (builder.measure(s) for s in specs)
+    assert on_device.server_macs == 0 and on_device.bits_mean == 2  # the class index of 4 classes
+    assert png.device_macs == 0 and png.bits_mean > 8 * 8 * 8  # a PNG of an 8 × 8 RGB image
+    assert on_device.val_accuracy == png.val_accuracy and on_device.device_macs == png.server_macs
+    table = open_table(f"sqlite:///{tmp_path / 't.db'}")
+    for spec, m in zip(specs, (on_device, png), strict=True):
+        table.mark_running(spec, "r")
+        table.record_ok(spec, m, "r")
+    split = SPECS[0]
+    table.mark_running(split, "r")
+    table.record_ok(split, builder.measure(split), "r")
+    records = table.variants()
+    device, server = DEVICES.get("rpi3"), SERVERS.get(SERVERS.names()[0])
+    # a 69 k-MAC model on a 12 GMAC/s device beats sending anything at 1 KB/s
+    best = query(records, Link(1e3), device, server).best.record
+    assert best.spec.split == ON_DEVICE
+    with pytest.raises(ExportError, match="runs the whole tiny-cnn on the device"):
+        export_record(best, tmp_path / "out", None, (3, 8, 8), None)
+    assert not (tmp_path / "out").exists()
