@@ -564,7 +564,8 @@ class FusedHead(nn.Module):
         kernel sums in the same order, so the choice never changes the outputs)."""
         if self.tile is not None:
             return self.tile
-        src = torch.randn(ci, ih + 2, iw + 2, dtype=torch.float32)
+        # its own generator: building a plan leaves the caller's random numbers alone
+        src = torch.randn(ci, ih + 2, iw + 2, generator=torch.Generator().manual_seed(0))
         dst = torch.zeros(w.shape[0], oh + 2, ow + 2, dtype=torch.float32)
         ptrs = [ctypes.c_void_p(t.data_ptr()) for t in (src, w, b, dst)]
         tiles = STRIDE_TILES[stride]
@@ -707,11 +708,6 @@ class FusedHead(nn.Module):
         raise ConfigError("fused runtime: forward pre-hooks are not run (calls skip nn.Module's hook dispatch)")
 
 
-FUSED_MIN_IMAGES = 2048
-""":func:`fastest_outputs` considers the fused runtime from this many images on (below it, setting it up and
-timing it against eager PyTorch would cost more than it could save)."""
-
-
 def _fused_batches(
     heads: list[FusedHead],
     data: ImageData,
@@ -742,56 +738,35 @@ def _fused_batches(
 
 
 @torch.no_grad()
-def fastest_outputs(
+def fused_outputs(
     model: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = INFERENCE_BATCH
 ) -> torch.Tensor:
-    """:func:`coinference.evaluate.outputs` (the model's outputs for uint8 images, batched, in eval mode) computed
-    by whichever runtime is faster for this model on this machine: eager PyTorch with its threads, or the fused
-    runtime with one replica per thread (``torch.get_num_threads()``). One round of batches (a batch per
-    replica) is timed on each, after one untimed round each, and the faster computes the rest; every batch's
-    outputs are kept. Eager PyTorch computes everything for fewer than :data:`FUSED_MIN_IMAGES` images, a model
-    on another device, and a model the fused runtime does not support or cannot compile (no C compiler).
+    """:func:`coinference.evaluate.outputs` (the model's outputs for uint8 images, batched, in eval mode) from the
+    fused runtime, one replica per thread (``torch.get_num_threads()``), or from eager PyTorch for a model the
+    fused runtime does not support or cannot compile (no C compiler) and a model on another device.
 
-    The two runtimes sum in different orders, so their outputs differ in the last bits of a float32 (a
-    relative ~1e-6); which one ran may differ from run to run with the machine's load."""
+    Which runtime runs depends on the model and the machine, never on a timing, and the fused runtime runs each
+    image through the whole plan alone, summing in one fixed order: its outputs are the same bits whatever the
+    thread count, the batch size or the machine's load. (The two runtimes sum in different orders: their outputs
+    differ by a relative ~1e-6.) On a 2-core CPU it computed a pruned ResNet-20 head's outputs on 19,200 images
+    2.65× faster than eager PyTorch (``bench/bench_variants.py --parts inference``, docs/RESULTS.md)."""
     n = len(x_uint8)
-    if n < FUSED_MIN_IMAGES or _device(model).type != "cpu" or len(x_uint8.shape) != 4:
+    if n == 0 or _device(model).type != "cpu" or len(x_uint8.shape) != 4:
         return outputs(model, data, x_uint8, batch_size)
     try:
         first = FusedHead(model, tuple(int(s) for s in x_uint8.shape[1:]))  # type: ignore[arg-type]
     except ConfigError:
         return outputs(model, data, x_uint8, batch_size)
     starts = list(range(0, n, batch_size))
-    # one replica per thread, but at least five rounds of batches: four to time, and the rest
-    heads = [first] + [first.replica() for _ in range(min(torch.get_num_threads(), len(starts) // 5) - 1)]
+    heads = [first] + [first.replica() for _ in range(min(torch.get_num_threads(), len(starts)) - 1)]
     out = torch.empty(n, *first.output.shape)
-    per_round = len(heads)
-
-    def eager(chunk: list[int]) -> float:
-        t0 = time.perf_counter()
-        for i in chunk:
-            out[i : i + batch_size] = outputs(model, data, x_uint8[i : i + batch_size], batch_size)
-        return time.perf_counter() - t0
-
     # Each worker normalises its batches on one thread (in a trial, normalising every batch in the caller's thread
     # instead made the whole 1.4× slower). torch.set_num_threads also sets the process-wide default that threads
-    # started later take up, so the caller's setting is put back once every round is done.
+    # started later take up, so the caller's setting is put back once every batch is done.
     threads = torch.get_num_threads()
-    pool = ThreadPoolExecutor(per_round, initializer=torch.set_num_threads, initargs=(1,)) if per_round > 1 else None
-
-    def fused(chunk: list[int]) -> float:
-        t0 = time.perf_counter()
-        _fused_batches(heads, data, x_uint8, out, chunk, batch_size, pool)
-        return time.perf_counter() - t0
-
+    pool = ThreadPoolExecutor(len(heads), initializer=torch.set_num_threads, initargs=(1,)) if len(heads) > 1 else None
     try:
-        rounds = [starts[k : k + per_round] for k in range(0, 4 * per_round, per_round)]
-        eager(rounds[0])
-        fused(rounds[1])
-        eager_s, fused_s = eager(rounds[2]), fused(rounds[3])
-        rest = starts[4 * per_round :]
-        if rest:
-            (fused if fused_s < eager_s else eager)(rest)
+        _fused_batches(heads, data, x_uint8, out, starts, batch_size, pool)
     finally:
         if pool is not None:
             pool.shutdown()

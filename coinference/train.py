@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,36 @@ def make_optimizer(
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+@contextmanager
+def deterministic_algorithms() -> Iterator[None]:
+    """PyTorch's deterministic implementations for the block (``torch.use_deterministic_algorithms``); the
+    caller's setting comes back afterwards.
+
+    Without it, the gradient of indexing a tensor with a tensor (``codebook[symbols]``: ``index_put_`` with
+    ``accumulate=True``) is summed on the CPU by atomic adds from every thread, in whatever order the threads
+    happen to run: 1,047 distinct results in 2,000 calls on the same inputs with two threads, which made two builds
+    of one spec differ from the first quantized step on. The deterministic implementation sorts the indices
+    first, and was 19x faster there (0.33 against 6.3 ms for 128 × 4 × 8 × 8 latent values on 4 levels).
+
+    It sets the flags the kernels read (``torch._C``) rather than calling ``torch.use_deterministic_algorithms``,
+    which also sets the flag of torch.compile's inductor and so imports ``torch._inductor`` and ``torch._dynamo``
+    (2 s the first time in a process; nothing here is compiled). It leaves new tensors' memory unfilled
+    (``torch.utils.deterministic.fill_uninitialized_memory``, which the mode turns on to catch reads of
+    uninitialized memory): filling every allocation with NaN made ResNet-20 training steps 6 % slower."""
+    enabled, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    fill = torch._C._get_deterministic_fill_uninitialized_memory()
+    torch._C._set_deterministic_algorithms(True)
+    torch._C._set_deterministic_fill_uninitialized_memory(False)
+    try:
+        yield
+    finally:
+        torch._C._set_deterministic_algorithms(enabled, warn_only=warn_only)
+        torch._C._set_deterministic_fill_uninitialized_memory(fill)
+
+
 KD_TEMPERATURE = 2.0
 """Temperature of logit distillation (Hinton et al. 2015), in both the pruning and the codec phase."""
 
@@ -235,9 +266,30 @@ def fit(
         progress: description of the loop's :func:`coinference.progress.phase` (one unit per step); None opens
             none.
 
+    The loop is a function of ``cfg.seed``, the inputs and the intra-op thread count
+    (``torch.get_num_threads()``: threads split sums between them, e.g. of batch-norm statistics), never of the
+    machine's load: it seeds PyTorch's global generator (initial codebooks, sampled channel levels) and its own
+    (subset, order, augmentation), and runs with :func:`deterministic_algorithms`.
+
     Raises:
         TrainingError: the loss became NaN or infinite.
     """
+    with deterministic_algorithms():
+        return _fit(model, data, cfg, params, forward, loss_fn, hooks, train_mode, batches, progress)
+
+
+def _fit(
+    model: nn.Module,
+    data: ImageData,
+    cfg: TrainConfig,
+    params: Iterable[nn.Parameter | dict[str, Any]] | None,
+    forward: Callable[[torch.Tensor], torch.Tensor] | None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None,
+    hooks: StepHooks | None,
+    train_mode: Callable[[], None] | None,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None,
+    progress: str | None,
+) -> TrainResult:
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     total = cfg.total_steps(len(data.train_x))

@@ -135,15 +135,17 @@ class TrainedCodec:
 def head_features(
     head: nn.Module, data: ImageData, x_uint8: torch.Tensor, batch_size: int = INFERENCE_BATCH
 ) -> torch.Tensor:
-    """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored), from
-    the faster of eager PyTorch and the fused runtime on this machine (:func:`coinference.fused.fastest_outputs`;
-    ``bench/bench_variants.py --parts inference`` times it against eager on a `fast` build's training images).
+    """The frozen head's outputs (float32) for uint8 images, in eval mode (the head's mode is restored), from the
+    fused runtime when it supports the head, else eager PyTorch (:func:`coinference.fused.fused_outputs`). The
+    features train and evaluate the codec, so which runtime computes them never depends on a timing: the same
+    bits in every run on a machine, whatever its load (``bench/bench_variants.py --parts inference`` times it
+    against eager on a `fast` build's training images).
     One progress phase, "head features", covers it."""
-    from coinference.fused import fastest_outputs  # its C kernels are compiled on first use only
+    from coinference.fused import fused_outputs  # its C kernels are compiled on first use only
 
     with phase("head features", len(x_uint8), "image") as advance:
-        with reporting(None):  # its eager runtime runs a batch at a time through outputs(), each its own phase
-            out = fastest_outputs(head, data, x_uint8, batch_size)
+        with reporting(None):  # its eager fallback runs through outputs(), a phase of its own
+            out = fused_outputs(head, data, x_uint8, batch_size)
         advance(len(x_uint8))
     return out
 
@@ -238,7 +240,7 @@ def train_codec(
         if teacher_logits is not None and len(teacher_logits) != len(data.train_x):
             raise ConfigError(f"teacher_logits has {len(teacher_logits)} rows for {len(data.train_x)} training images")
         cache = cache_features if cache_features is not None else len(pool) * 4 * math.prod(shape) <= CACHE_LIMIT_BYTES
-        if train_features is None and codec_cfg.trainable and cache:
+        if train_features is None and codec_cfg.learns and cache:
             train_features = head_features(head, data, data.train_x[pool])
         stats = (
             train_features[:STATS_SAMPLES]
@@ -255,7 +257,7 @@ def train_codec(
         result = None
         grads = {p: p.requires_grad for p in tail.parameters()}
         try:
-            if codec_cfg.trainable:
+            if codec_cfg.learns:  # learned parts, or only a fine-tuned tail (2-Step's behind Huffman)
                 targets = None  # the cached features' distillation targets (None: the tail's, computed by _train)
                 if train_features is not None and teacher_logits is not None:
                     targets = teacher_logits[pool]
