@@ -1,19 +1,26 @@
-"""Variants end to end on CIFAR-10 + ResNet-20: fast-preset timing, a Measurement table of our variants and every
-baseline, the paper's Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and Fig. 4 (latency vs bandwidth).
+"""Variants end to end on CIFAR-10 + ResNet-20: fast-preset timing and the levers of the preset, and the paper's
+Fig. 3 (device MACs vs bits at accuracy ≥ threshold) and Fig. 4 (latency vs bandwidth) as fronts against fronts:
+ours from a real `coinfer search` table, every baseline from a small grid of its own knobs per split, built in the
+same harness at the same fidelity on the same base model.
 
 Usage (the base checkpoint comes from `coinfer base`, see docs/RESULTS.md):
     .venv/bin/python bench/bench_variants.py --data-dir ../shared/data/cifar10 \
         --weights runs/base/resnet20-cifar10.pt \
-        [--parts layout,inference,timing,ablation,temperature,codebook,phases,curve,rank,table] \
+        [--parts layout,inference,timing,ablation,temperature,codebook,phases,curve,rank] \
         [--out runs/bench/variants]
+    # Fig. 3 / Fig. 4 against a search run (its model, data set, weights, fidelity and seed are the baselines'):
+    .venv/bin/python bench/bench_variants.py --parts table --ours-db runs/<name> \
+        [--weights <the search's --weights>] [--data-dir ...] [--baseline-splits stage|all|a,b] [--out ...]
 
-Measurements are cached under --cache (by spec hash), so a re-run only builds what is new.
+Measurements are cached under --cache (by spec hash; for --parts table by default the search run's own cache, so
+the baselines share its base model and teacher logits), so a re-run only builds what is new.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import shutil
@@ -29,10 +36,10 @@ import torch.nn.functional as F
 from scipy.stats import kendalltau
 
 from coinference.base import recorded_accuracy
-from coinference.baselines import baseline_specs, on_device_only, server_png
-from coinference.build import Builder
+from coinference.baselines import BASELINES, baseline_specs
+from coinference.build import Builder, phase_budget
 from coinference.codec.train import evaluate_codec, head_features
-from coinference.errors import ConfigError
+from coinference.errors import CoinferenceError, ConfigError
 from coinference.evaluate import outputs
 from coinference.fidelity import FIDELITIES, Fidelity
 from coinference.fused import library
@@ -41,27 +48,10 @@ from coinference.plots import plot_latency_vs_bandwidth, plot_macs_vs_bits
 from coinference.profile import profile_model
 from coinference.prune import PruneConfig, prune_device
 from coinference.train import TrainConfig
-from coinference.variant import CodecSpec, Measurement, VariantSpec, codec_for_ratio
+from coinference.variant import ON_DEVICE, WHOLE_MODEL, CodecSpec, Measurement, VariantSpec, codec_for_ratio
 from coinference.zoo import file_sha256, split_model
-
-OURS: list[tuple[str, float, float | CodecSpec]] = [
-    # (split, sparsity, compression ratio at 2 bits, or a codec); codec_for_ratio turns a ratio into conv sizes
-    ("stem", 0.25, 16),
-    ("stem", 0.5, 16),
-    ("stem", 0.5, 32),
-    ("stem", 0.5, 64),
-    ("layer1.2", 0.1, 64),
-    ("layer1.2", 0.25, 64),
-    ("layer1.2", 0.25, 128),
-    ("layer1.2", 0.5, 64),
-    ("layer2.2", 0.25, 128),
-    ("layer2.2", 0.5, 128),
-    ("layer3.2", 0.0, CodecSpec("sq", bits=2)),  # the pooled 64-value feature quantized as it is: no encoder
-    ("layer3.2", 0.05, 32),
-    ("layer3.2", 0.1, 32),
-    ("layer3.2", 0.25, 32),
-    ("layer3.2", 0.5, 32),
-]
+from storage import VariantRecord
+from storage.metrics import log_hypervolume
 
 
 def scaled(f: Fidelity, k: float) -> Fidelity:
@@ -309,7 +299,7 @@ def inference(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
     images through the whole base model, and through a pruned layer1.2 head (s = 0.25, one-shot masks: speed does
     not depend on the weights), with :func:`coinference.evaluate.outputs` (channels-last) as every evaluation runs;
     then that head's outputs on the `fast` codec phase's training images, eager against ``head_features`` (the
-    faster of eager and the fused runtime), medians of three interleaved passes after one."""
+    fused runtime where it supports the head), medians of three interleaved passes after one."""
     model, data = Builder(args.weights, args.data_dir, args.cache).base(base_spec)
     head = prune_device(model, "layer1.2", data, PruneConfig(sparsity=0.25, train=None)).head
     x = data.train_x[:2000]
@@ -327,8 +317,8 @@ def inference(args: argparse.Namespace, base_spec: VariantSpec) -> dict:
         ref = med[INFERENCE_BATCHES[0]]
         out[name] = {str(bs): {"seconds_per_2000": t, "speedup_vs_500": ref / t} for bs, t in med.items()}
         print(f"{name:>30}: " + ", ".join(f"b{bs} {t:.3f} s ({ref / t:.2f}×)" for bs, t in med.items()), flush=True)
-    # a `fast` build's codec-phase head features: eager PyTorch against the faster of it and the fused runtime
-    # (what head_features runs), interleaved passes over as many images as the preset caches
+    # a `fast` build's codec-phase head features: eager PyTorch against the fused runtime with a replica per
+    # thread (what head_features runs), interleaved passes over as many images as the preset caches
     many = data.train_x[: FIDELITIES.get("fast").codec.subset]
     eager_s, features_s = interleaved_medians(
         lambda: outputs(head, data, many), lambda: head_features(head, data, many), runs=3, warmup=1
@@ -394,50 +384,170 @@ def rank(args: argparse.Namespace, base_spec: VariantSpec, shapes: dict) -> dict
     return {"rows": rows, "kendall_tau": tau}
 
 
-def table(args: argparse.Namespace, base_spec: VariantSpec) -> tuple[dict[str, list[dict]], float]:
-    """Every baseline and our variants; the threshold is the base model's accuracy on the same test images
-    (the on-device-only row) minus --margin."""
-    b = Builder(args.weights, args.data_dir, args.cache)
-    model, data = b.base(base_spec)
-    prof = profile_model(model, data.input_shape, base_spec.model)
+METHODS = ("ours", *BASELINES, *WHOLE_MODEL)
+"""Rows of --parts table, in order: ours (a search's table), each baseline's grid, the whole-model candidates."""
+
+
+def _identity(spec: VariantSpec) -> tuple:
+    """What ours and the baselines must share: model, data set, base weights, fidelity, seed, validation split."""
+    return (spec.model, spec.dataset, spec.weights_sha256, spec.fidelity, spec.seed, spec.val_size)
+
+
+def read_ours(text: str, fidelity: str | None) -> tuple[VariantSpec, list[VariantRecord], dict[str, VariantRecord]]:
+    """(base spec, our split variants, whole-model candidates by split) from the lookup table of a real ``coinfer
+    search`` run (--ours-db: URL, SQLite file or run folder): its ``ok`` variants of one base (model, data set,
+    weights, fidelity, seed, validation split; --fidelity picks one when the table mixes them)."""
+    from search.runs import db_url
+    from storage import open_table
+
+    url = db_url(text)[0]
+    with open_table(url, create=False) as t:
+        records = [r for r in t.variants(status="ok") if fidelity is None or r.spec.fidelity == fidelity]
+    split = [r for r in records if not r.spec.whole_model]
+    bases = sorted({_identity(r.spec) for r in split}, key=str)
+    if len(bases) != 1:
+        what = "no measured split variant" if not bases else f"{len(bases)} bases: {bases}"
+        raise ConfigError(f"--ours-db {text}: {what}" + (" (pick one with --fidelity)" if bases else ""))
+    model, dataset, sha, fid, seed, val_size = bases[0]
+    base = VariantSpec(model, dataset, split[0].spec.split, weights_sha256=sha, fidelity=fid, seed=seed,
+                       val_size=val_size)  # fmt: skip
+    whole = {r.spec.split: r for r in records if r.spec.whole_model and _identity(r.spec) == bases[0]}
+    return base, split, whole
+
+
+def _front(rows: list[dict], threshold: float) -> None:
+    """Mark each row's ``front``: at val accuracy ≥ ``threshold``, not dominated in (device MACs, payload bits) by
+    another such row of the same method (the paper's Fig. 3, per method)."""
+    ok = [r for r in rows if r.get("val_accuracy") is not None and r["val_accuracy"] >= threshold]
+    for r in rows:
+        r["front"] = r in ok and not any(
+            o["device_macs"] <= r["device_macs"] and o["bits_mean"] <= r["bits_mean"]
+            and (o["device_macs"], o["bits_mean"]) != (r["device_macs"], r["bits_mean"])
+            for o in ok
+        )  # fmt: skip
+
+
+def table(args: argparse.Namespace) -> tuple[dict[str, list[dict]], float, dict]:
+    """Fronts against fronts, validation-selected: ours = the variants of a real search (--ours-db), each baseline
+    = its grid at every --baseline-splits split (coinference.baselines.baseline_specs), built in the same harness at
+    the search's fidelity on the same base model; the whole-model candidates. The threshold is the base model's
+    validation accuracy (the on-device row) − --margin; fronts and thresholds read validation accuracy, the test
+    accuracy is only reported."""
+    base, ours, whole = read_ours(args.ours_db, args.fidelity)
+    if base.weights_sha256 is not None and (args.weights is None or file_sha256(args.weights) != base.weights_sha256):
+        raise ConfigError(f"--ours-db was built on base weights {base.weights_sha256[:12]}…: pass them as --weights")
+    weights = args.weights if base.weights_sha256 is not None else None
+    cache = args.cache
+    if cache is None:  # the search's own cache: the same base model (trained from scratch) and teacher logits
+        from search.runs import db_url
+
+        file = db_url(args.ours_db)[1]
+        run_cache = file.parent / "cache" if file is not None else None
+        cache = run_cache if run_cache is not None and run_cache.is_dir() else Path("runs/cache-bench")
+    print(f"ours: {len(ours)} variants of {args.ours_db}; baselines built in {cache}")
+    b = Builder(weights, args.data_dir, cache)
+    model, data = b.base(base)
+    fid = b.fidelity(base)
+    n_train = len(data.train_x)
+    prof = profile_model(model, data.input_shape, base.model)
     shapes = prof.feature_shapes()
-    stage_splits = [s.name for s in prof.splits if s.stage_end]
-    fid = FIDELITIES.get(base_spec.fidelity)
-    rows: dict[str, list[dict]] = {}
+    if args.baseline_splits == "stage":
+        splits = [sp.name for sp in prof.splits if sp.stage_end]
+    elif args.baseline_splits == "all":
+        splits = list(shapes)
+    else:
+        splits = args.baseline_splits.split(",")
+        unknown = [sp for sp in splits if sp not in shapes]
+        if unknown:
+            raise ConfigError(f"--baseline-splits: {unknown} are not split points of {base.model}: {list(shapes)}")
+    rows: dict[str, list[dict]] = {m: [] for m in METHODS}
 
-    def add(method: str, spec: VariantSpec | None, m: Measurement, label: str) -> None:
-        rows.setdefault(method, []).append({"label": label, "spec": spec.to_dict() if spec else None, **m.to_dict()})
-        ok = "✓" if m.accuracy >= threshold else " "
-        print(
-            f"{method:>15} {label:>26} acc {100 * m.accuracy:6.2f}% {ok} device {m.device_macs / 1e6:7.2f} M "
-            f"bits {m.bits_mean:>10,.0f} (max {m.bits_max:,}) enc {m.encoder_macs:>8,} mem {m.device_memory_bytes:>9,} "
-            f"{m.train_seconds:6.1f} s",
-            flush=True,
-        )
+    def add(method: str, spec: VariantSpec, m: Measurement | None, label: str, error: str = "") -> None:
+        row = {"label": label, "spec": spec.to_dict(), "budget": phase_budget(spec, fid, n_train).describe(),
+               "error": error or None, "val_accuracy": None}  # fmt: skip
+        if m is not None:
+            row.update(m.to_dict())
+        rows[method].append(row)
 
-    dense = on_device_only(model, data, fid.eval_limit)
-    threshold = dense.accuracy - args.margin
-    print(f"base on the {fid.eval_limit or 'all'} evaluated validation images: {100 * dense.accuracy:.2f}% → threshold "
-          f"{100 * threshold:.2f}%")  # fmt: skip
-    add("on-device", None, dense, "all on device")
-    add("server-png", None, server_png(model, data, fid.eval_limit, fid.bits_limit), "PNG to server")
-    for method, specs in baseline_specs(base_spec, {s: shapes[s] for s in stage_splits}).items():
-        for spec in specs:
-            try:
-                add(method, spec, b.measure(spec), f"{spec.split}")
-            except Exception as e:  # a failed baseline is reported, not fatal
-                print(f"{method:>15} {spec.split:>26} FAILED: {e}")
-    for split, sparsity, ratio in OURS:
-        spec = our_spec(base_spec, shapes, split, sparsity, ratio)
-        r = "" if isinstance(ratio, CodecSpec) else f" r={ratio}"
-        add("ours", spec, b.measure(spec), f"{split} s={sparsity}{r} {spec.codec.label}")
-    return rows, threshold
+    for split in WHOLE_MODEL:  # as the search measured them, else measured here (evaluation only)
+        spec = VariantSpec.whole(split, base.model, base.dataset, weights_sha256=base.weights_sha256,
+                                 fidelity=base.fidelity, seed=base.seed, val_size=base.val_size)  # fmt: skip
+        rec = whole.get(split)
+        add(split, spec, rec.measurement if rec is not None else b.measure(spec), split)
+    threshold = rows[ON_DEVICE][0]["val_accuracy"] - args.margin
+    for r in ours:
+        add("ours", r.spec, r.measurement, f"{r.spec.split} s={r.spec.sparsity:g} a={r.spec.activation_sparsity:g} "
+            f"{r.spec.codec.label}")  # fmt: skip
+    t0 = time.perf_counter()
+    for method, by_split in baseline_specs(base, {sp: shapes[sp] for sp in splits}).items():
+        for split, specs in by_split.items():
+            for spec in specs:
+                two_step = f" a={spec.activation_sparsity:g}" if spec.pruning == "two-step" else ""
+                label = f"{split}{two_step} {spec.codec.label}"
+                try:
+                    add(method, spec, b.measure(spec), label)
+                except CoinferenceError as e:  # a failed baseline is reported, not fatal
+                    add(method, spec, None, label, str(e).splitlines()[0])
+                r = rows[method][-1]
+                print(f"{method:>15} {label:<40} " + (f"FAILED: {r['error']}" if r["error"] else
+                      f"val {100 * r['val_accuracy']:6.2f}% test {100 * r['test_accuracy']:6.2f}% "
+                      f"{r['train_seconds']:6.1f} s"), flush=True)  # fmt: skip
+    print(f"baselines: {time.perf_counter() - t0:.0f} s (measurements already cached cost nothing)")
+    for rs in rows.values():
+        _front(rs, threshold)
+    summary = _print_table(rows, threshold, args.margin, fid, base, splits)
+    return rows, threshold, summary
+
+
+def _print_table(rows: dict[str, list[dict]], threshold: float, margin: float, fid: Fidelity, base: VariantSpec,
+                 splits: list[str]) -> dict:  # fmt: skip
+    """The rows of every method (✓ = val accuracy ≥ threshold, ★ = on the method's front), then one line per method
+    with its budget, its front and its log hypervolume (storage.metrics: val error, device MACs, bits)."""
+    print(f"\n{base.model} on {base.dataset}, fidelity {fid.name}, seed {base.seed}; baselines at {', '.join(splits)}")
+    print(
+        f"threshold {100 * threshold:.2f}% = the base model's val accuracy (on-device row) − {100 * margin:g} points; "
+        "fronts and ✓ read val accuracy, test accuracy is only reported; bits = payload per image (a split variant's "
+        "80-bit header counts in the latencies and the log HV)"
+    )
+    head = f"{'method':>15} {'variant':<40} {'val acc':>8} {'test acc':>8} {'device MACs':>12} {'bits':>10}"
+    print(head + "  front")
+    summary: dict[str, dict] = {}
+    for method in METHODS:
+        for r in rows[method]:
+            if r["error"]:
+                print(f"{method:>15} {r['label']:<40} FAILED: {r['error']}")
+                continue
+            ok = "✓" if r["val_accuracy"] >= threshold else " "
+            print(f"{method:>15} {r['label']:<40} {100 * r['val_accuracy']:7.2f}%{ok} "
+                  f"{100 * (r['test_accuracy'] or 0):7.2f}% {r['device_macs'] / 1e6:10.2f} M {r['bits_mean']:>10,.0f}"
+                  f"  {'★' if r['front'] else ''}")  # fmt: skip
+    print(f"\n{'method':>15} {'built':>5} {'≥thr':>5} {'front':>5} {'log HV':>7} {'train s':>8}  budget per variant")
+    for method in METHODS:
+        rs = [r for r in rows[method] if not r["error"]]
+        ms = [Measurement.from_dict({k: v for k, v in r.items() if k in MEASUREMENT_FIELDS}) for r in rs]
+        budgets = sorted({r["budget"] for r in rs})
+        summary[method] = {
+            "built": len(rs), "failed": len(rows[method]) - len(rs),
+            "at_threshold": sum(r["val_accuracy"] >= threshold for r in rs), "front": sum(r["front"] for r in rs),
+            "log_hypervolume": log_hypervolume(ms), "train_seconds": sum(r["train_seconds"] for r in rs),
+            "budgets": budgets,
+        }  # fmt: skip
+        s = summary[method]
+        print(f"{method:>15} {s['built']:>5} {s['at_threshold']:>5} {s['front']:>5} {s['log_hypervolume']:7.4f} "
+              f"{s['train_seconds']:8.0f}  {' | '.join(budgets) or '-'}")  # fmt: skip
+    return summary
+
+
+MEASUREMENT_FIELDS = {f.name for f in dataclasses.fields(Measurement)}
 
 
 def figures(rows: dict[str, list[dict]], threshold: float, out: Path) -> dict:
-    """Fig. 3 (MACs vs bits) and Fig. 4 (latency vs bandwidth) from the table."""
-    ok = {k: [r for r in v if r["accuracy"] >= threshold] for k, v in rows.items()}
-    plot_macs_vs_bits(ok, out / "fig3-macs-vs-bits.png", f"accuracy ≥ {100 * threshold:.2f}%")
+    """Fig. 3 (device MACs vs bits: each method's front at the threshold) and Fig. 4 (latency vs bandwidth: each
+    method's fastest variant at the threshold that fits the device), and which baseline front points ours' front
+    does not dominate."""
+    ok = {k: [r for r in v if not r["error"] and r["val_accuracy"] >= threshold] for k, v in rows.items()}
+    fronts = {k: [r for r in v if r["front"]] for k, v in rows.items()}
+    plot_macs_vs_bits(fronts, out / "fig3-macs-vs-bits.png", f"fronts at val accuracy ≥ {100 * threshold:.2f}%")
     bws = np.logspace(3, 7, 41)
     server = SERVERS.get("rtx2080ti")
     lat: dict[str, dict[str, list[float]]] = {}
@@ -445,35 +555,61 @@ def figures(rows: dict[str, list[dict]], threshold: float, out: Path) -> dict:
         dev = DEVICES.get(dev_name)
         lat[dev_name] = {}
         for method, rs in ok.items():
+            ms = [Measurement.from_dict({k: v for k, v in r.items() if k in MEASUREMENT_FIELDS}) for r in rs]
             best = []
             for bw in bws:
-                cands = [
-                    end_to_end(Measurement.from_dict(r), dev, server, Link(float(bw))).total_s
-                    for r in rs
-                    if feasible(Measurement.from_dict(r), dev)
-                ]
+                cands = [end_to_end(m, dev, server, Link(float(bw))).total_s for m in ms if feasible(m, dev)]
                 best.append(min(cands) if cands else math.nan)
             lat[dev_name][method] = best
         plot_latency_vs_bandwidth(bws, lat[dev_name], out / f"fig4-latency-{dev_name}.png", f"{dev_name} + rtx2080ti")
-    # does our front dominate every feasible baseline point?
-    ours = [(r["device_macs"], r["bits_mean"]) for r in ok.get("ours", [])]
+        each = "; ".join(
+            f"{k} " + "/".join("-" if math.isnan(v[i]) else f"{1e3 * v[i]:,.1f}" for i in (0, 20, 40))
+            for k, v in lat[dev_name].items()
+        )
+        print(f"Fig. 4 {dev_name}: latency (ms) of each method's best variant at 1 KB/s / 100 KB/s / 10 MB/s: {each}")
+    ours = [(r["device_macs"], r["bits_mean"]) for r in fronts["ours"]]
     undominated = [
-        (k, r["label"]) for k, v in ok.items() if k != "ours" for r in v
+        (k, r["label"]) for k, v in fronts.items() if k != "ours" for r in v
         if not any(m <= r["device_macs"] and b <= r["bits_mean"] for m, b in ours)
     ]  # fmt: skip
-    return {"bandwidths": bws.tolist(), "latency": lat, "baseline_points_not_dominated": undominated}
+    return {"bandwidths": bws.tolist(), "latency": lat, "baseline_front_points_not_dominated": undominated}
+
+
+def _weights(text: str) -> Path | None:
+    return None if text.lower() == "none" else Path(text)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data-dir", type=Path, required=True)
-    ap.add_argument("--weights", type=Path, default=Path("runs/base/resnet20-cifar10.pt"))
+    ap.add_argument("--data-dir", type=Path, default=None, help="folder of a file-backed data set (cifar10)")
+    ap.add_argument(
+        "--weights",
+        type=_weights,
+        default=Path("runs/base/resnet20-cifar10.pt"),
+        help="base checkpoint ('none': a base trained from scratch, as a search without --weights)",
+    )
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--margin", type=float, default=0.02, help="threshold = base accuracy (same images) − margin")
-    ap.add_argument("--parts", default="timing,table")
-    ap.add_argument("--cache", type=Path, default=Path("runs/cache-bench"))
+    ap.add_argument("--parts", default="timing")
+    ap.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="builder cache (default runs/cache-bench; --parts table: the --ours-db run's cache)",
+    )
     ap.add_argument("--out", type=Path, default=Path("runs/bench/variants"))
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--ours-db",
+        default=None,
+        help="--parts table: the lookup table of a coinfer search run (URL, SQLite file or run folder)",
+    )
+    ap.add_argument("--fidelity", default=None, help="--parts table: the fidelity of --ours-db's variants to use")
+    ap.add_argument(
+        "--baseline-splits",
+        default="stage",
+        help="--parts table: baselines at the stage-end splits (stage), every split (all) or a,b,c",
+    )
     ap.add_argument("--seeds", type=int, nargs="+", default=[0],
                     help="seeds of --parts timing (each: fast and 5×), temperature and codebook")  # fmt: skip
     ap.add_argument("--temperatures", type=float, nargs="+", default=[2.0, 4.0, 8.0],
@@ -482,22 +618,27 @@ def main() -> None:
                     help="variants of --parts temperature")  # fmt: skip
     ap.add_argument("--layout-runs", type=int, default=20, help="timed steps per layout in --parts layout")
     args = ap.parse_args()
+    parts = args.parts.split(",")
+    if "table" in parts and args.ours_db is None:
+        ap.error("--parts table compares fronts with ours: give --ours-db (the lookup table of a coinfer search)")
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     warm_up()
-    base_acc = recorded_accuracy(args.weights)
-    print(f"base {args.model}: {100 * base_acc:.2f}% on the whole test set (recorded by coinfer base)")
-    base_spec = VariantSpec(
-        args.model,
-        "cifar10",
-        "layer1.2",
-        weights_sha256=file_sha256(args.weights),
-        codec=CodecSpec("sq"),
-        fidelity="fast",
-    )
-    result: dict = {"base_accuracy": base_acc}
-    parts = args.parts.split(",")
-    timed = base_spec.with_(sparsity=0.25, codec=codec_for_ratio((16, 32, 32), 64, 2))
+    result: dict = {}
+    if args.weights is not None and args.weights.is_file():
+        result["base_accuracy"] = base_acc = recorded_accuracy(args.weights)
+        print(f"base {args.model}: {100 * base_acc:.2f}% on the whole test set (recorded by coinfer base)")
+    table_cache, args.cache = args.cache, args.cache or Path("runs/cache-bench")
+    if [p for p in parts if p != "table"]:
+        base_spec = VariantSpec(
+            args.model,
+            "cifar10",
+            "layer1.2",
+            weights_sha256=file_sha256(args.weights) if args.weights is not None else None,
+            codec=CodecSpec("sq"),
+            fidelity="fast",
+        )
+        timed = base_spec.with_(sparsity=0.25, codec=codec_for_ratio((16, 32, 32), 64, 2))
     if "layout" in parts:
         result["layout"] = layout(args, base_spec)
     if "inference" in parts:
@@ -518,10 +659,12 @@ def main() -> None:
         model, data = Builder(args.weights, args.data_dir, args.cache).base(base_spec)
         result["rank"] = rank(args, base_spec, profile_model(model, data.input_shape, args.model).feature_shapes())
     if "table" in parts:
-        rows, threshold = table(args, base_spec)
-        result.update(rows=rows, threshold=threshold)
+        args.cache = table_cache
+        rows, threshold, summary = table(args)
+        result.update(rows=rows, threshold=threshold, summary=summary)
         result.update(figures(rows, threshold, args.out))
-        print("baseline points not dominated by our front:", result["baseline_points_not_dominated"] or "none")
+        print("baseline front points not dominated by ours' front:",
+              result["baseline_front_points_not_dominated"] or "none")  # fmt: skip
     (args.out / "variants.json").write_text(json.dumps(result, indent=1, default=str))
     print(f"wrote {args.out}/variants.json and figures")
 

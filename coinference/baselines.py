@@ -1,8 +1,10 @@
 """Baselines that are not split variants: everything on the device, or the PNG image sent to the server.
 
-The split baselines (split-only + Huffman at every split, 2-Step Pruning + Huffman, BottleNet++) are ordinary
-:class:`~coinference.variant.VariantSpec` s (codec ``huffman`` / ``bottlenetpp``, pruning ``two-step``) built by
-:func:`coinference.build.build_and_measure`; :func:`baseline_specs` lists them.
+The split baselines (split-only + Huffman, 2-Step Pruning + Huffman, BottleNet++ with raw or entropy-coded bits) are
+ordinary :class:`~coinference.variant.VariantSpec` s (codec ``huffman`` / ``bottlenetpp``, pruning ``two-step``)
+built by :func:`coinference.build.build_and_measure` in the same harness and at the same fidelity as ours;
+:func:`baseline_specs` lists a small grid of each one's own knobs per split, so that fronts are compared with
+fronts. What each build trains is :func:`coinference.build.phase_budget`.
 """
 
 from __future__ import annotations
@@ -48,30 +50,60 @@ def server_png(
     )  # fmt: skip
 
 
+TWO_STEP_ACTIVATIONS = (0.25, 0.5, 0.75)
+"""2-Step's grid: the fraction of the split layer's channels its step 2 prunes (its communication knob)."""
+BOTTLENET_REDUCTIONS = (4, 8, 16)
+"""BottleNet++'s grid, channel mode: its encoder keeps C / r channels (a flat feature: D / r values)."""
+BOTTLENET_SPATIAL_REDUCTIONS = (4,)
+"""BottleNet++'s grid, spatial mode (2×2 conv of stride 2, for features of even height and width): C / r channels
+at half the height and width, 4·r fewer values (r = 4 matches the channel mode's r = 16 in size)."""
+BASELINES = ("split+huffman", "2-step+huffman", "bottlenet++", "bottlenet++ ec")
+"""Baseline names, as :func:`baseline_specs` keys them."""
+
+
 def baseline_specs(
     base: VariantSpec,
     feature_shapes: dict[str, tuple[int, ...]],
-    two_step_activation: float = 0.5,
-    bottlenet_reduction: int = 8,
-) -> dict[str, list[VariantSpec]]:
-    """The paper's split baselines for a base spec at every split of ``feature_shapes`` (split name → feature
-    shape): split-only + Huffman, 2-Step Pruning + Huffman (step 2 prunes ``two_step_activation`` of the split
-    layer's channels), and BottleNet++ (its conv keeps C / ``bottlenet_reduction`` channels of a spatial feature,
-    its FC D / ``bottlenet_reduction`` of a flat one; 8-bit latent)."""
-    plain = base.with_(sparsity=0.0, activation_sparsity=0.0, pruning="incremental")
+    two_step_activations: tuple[float, ...] = TWO_STEP_ACTIVATIONS,
+    bottlenet_reductions: tuple[int, ...] = BOTTLENET_REDUCTIONS,
+    bottlenet_spatial_reductions: tuple[int, ...] = BOTTLENET_SPATIAL_REDUCTIONS,
+) -> dict[str, dict[str, list[VariantSpec]]]:
+    """The paper's split baselines for a base spec (model, data set, weights, fidelity, seed, validation split) at
+    every split of ``feature_shapes`` (split name → feature shape): baseline name → split → its grid there.
+
+    - ``split+huffman``: the base model cut as it is, 8-bit uniform quantization + Huffman (the method has no knob
+      but the split: its quantizer is fixed at 8 bits); 1 spec per split.
+    - ``2-step+huffman``: 2-Step Pruning (Shi et al. 2019), step 2 pruning each of ``two_step_activations`` of the
+      split layer's channels, + Huffman; one spec each.
+    - ``bottlenet++``: the authors' encoder/decoder in channel mode at each of ``bottlenet_reductions`` and, on a
+      feature of even height and width, in spatial mode (2×2, stride 2) at each of ``bottlenet_spatial_reductions``;
+      bits as the paper counts them, one byte per 8-bit latent value. Sizes that round to the same spec count once.
+    - ``bottlenet++ ec``: the same grid with the 8-bit values range-coded (``CodecSpec.entropy_coded``).
+    """
+    plain = base.with_(sparsity=0.0, activation_sparsity=0.0, pruning="incremental", schedule="cubic")
     huffman = CodecSpec("huffman", bits=8)
 
-    def bottlenet(shape: tuple[int, ...]) -> CodecSpec:
-        reduced = max(1, shape[0] // bottlenet_reduction)
-        if len(shape) == 3:
-            return CodecSpec("bottlenetpp", channels=reduced, bits=8)
-        return CodecSpec("bottlenetpp", dim=reduced, bits=8)
+    def bottlenet(shape: tuple[int, ...], coded: bool) -> list[CodecSpec]:
+        out: list[CodecSpec] = []
+        for r in bottlenet_reductions:
+            reduced = max(1, shape[0] // r)
+            if len(shape) == 3:
+                out.append(CodecSpec("bottlenetpp", channels=reduced, bits=8, entropy_coded=coded))
+            else:
+                out.append(CodecSpec("bottlenetpp", dim=reduced, bits=8, entropy_coded=coded))
+        if len(shape) == 3 and shape[1] % 2 == 0 and shape[2] % 2 == 0:
+            for r in bottlenet_spatial_reductions:
+                reduced = max(1, shape[0] // r)
+                out.append(CodecSpec("bottlenetpp", channels=reduced, stride=2, bits=8, entropy_coded=coded))
+        return list(dict.fromkeys(out))  # sizes that coincide (few channels) once
 
-    return {
-        "split+huffman": [plain.with_(split=s, codec=huffman) for s in feature_shapes],
-        "2-step+huffman": [
-            plain.with_(split=s, pruning="two-step", activation_sparsity=two_step_activation, codec=huffman)
-            for s in feature_shapes
-        ],
-        "bottlenet++": [plain.with_(split=s, codec=bottlenet(shape)) for s, shape in feature_shapes.items()],
-    }
+    grids: dict[str, dict[str, list[VariantSpec]]] = {name: {} for name in BASELINES}
+    for split, shape in feature_shapes.items():
+        at = plain.with_(split=split)
+        grids["split+huffman"][split] = [at.with_(codec=huffman)]
+        grids["2-step+huffman"][split] = [
+            at.with_(pruning="two-step", activation_sparsity=a, codec=huffman) for a in two_step_activations
+        ]
+        grids["bottlenet++"][split] = [at.with_(codec=c) for c in bottlenet(shape, False)]
+        grids["bottlenet++ ec"][split] = [at.with_(codec=c) for c in bottlenet(shape, True)]
+    return grids

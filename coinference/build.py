@@ -70,7 +70,14 @@ def _versions() -> dict[str, str]:
 
     import coinference
 
-    return {"coinference": coinference.__version__, "torch": torch.__version__, "numpy": numpy.__version__}
+    # the intra-op thread count is part of a build's identity: batch-norm statistics are summed across threads, so
+    # 1 and 2 threads train to different last bits (the same count gives identical numbers: tests/test_determinism)
+    return {
+        "coinference": coinference.__version__,
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "threads": str(torch.get_num_threads()),
+    }
 
 
 def _disk_cached(
@@ -108,6 +115,20 @@ def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
+BUILD_REVISIONS = {"two-step": 2, "bottlenetpp": 2}
+"""Baselines whose build changed while their spec keys stayed (2-Step: ours' budget and distillation, tail
+fine-tuned; BottleNet++: the authors' BatchNorm and bit-erasure channel). Their revision joins the cache keys of
+their pruned parts and measurements, so a cache never answers with a result of the old build; other specs keep
+their cache entries."""
+
+
+def _revision(spec: VariantSpec, codec: bool = True) -> tuple[str, ...]:
+    """The :data:`BUILD_REVISIONS` tags that apply to ``spec`` (none for ours): its pruning method's, and its codec
+    kind's unless ``codec`` is False (a pruned part does not depend on the codec)."""
+    used = [spec.pruning, spec.codec.kind] if codec else [spec.pruning]
+    return tuple(f"{name}/{BUILD_REVISIONS[name]}" for name in used if name in BUILD_REVISIONS)
+
+
 def codec_config(spec: VariantSpec) -> CodecConfig:
     """The codec configuration of a spec (kind, sizes, bits, channel levels)."""
     c = spec.codec
@@ -128,7 +149,58 @@ def codec_config(spec: VariantSpec) -> CodecConfig:
         kw["p"] = c.flip_p
     if c.kind == "bottlenetpp":
         kw["channel"] = "awgn" if c.snr_db is not None else "none"
+        kw["entropy_coded"] = c.entropy_coded
     return CodecConfig(**kw)
+
+
+def finetunes_tail(spec: VariantSpec, fid: Fidelity) -> bool:
+    """Whether ``spec``'s codec phase trains the server tail: behind every learned codec at a preset with
+    ``codec_tail``, and behind 2-Step's Huffman code (2-Step fine-tunes its network after pruning; with no learned
+    codec the codec phase's budget goes to the tail alone); never split-only Huffman or raw features (nothing
+    trained: the base model cut as it is)."""
+    return fid.codec_tail and (spec.codec.kind not in ("none", "huffman") or spec.pruning == "two-step")
+
+
+@dataclass(frozen=True)
+class PhaseBudget:
+    """What building a spec trains: optimizer steps and distillation of each phase."""
+
+    prune_steps: int
+    """Optimizer steps of phase 1 (2-Step: its rounds and step 2 together; 0: nothing pruned or trained)."""
+    prune_distill: float
+    """Weight of distillation from the base model's logits in phase 1."""
+    codec_steps: int
+    """Optimizer steps of the codec phase (0: nothing learned)."""
+    codec_distill: float
+    """Weight of distillation in the codec phase (from the base model's logits at presets with ``base_teacher``)."""
+    tail: bool
+    """Whether the codec phase also fine-tunes the server tail."""
+    learned: bool = True
+    """Whether the codec has learned parts (False: only a fine-tuned tail, or nothing)."""
+
+    def describe(self) -> str:
+        """One line, e.g. ``prune 100 steps (KD 0.9) + codec 150 steps (tail too, KD 0.5)``."""
+        if not self.prune_steps and not self.codec_steps:
+            return "no training"
+        prune = f"prune {self.prune_steps} steps" + (f" (KD {self.prune_distill:g})" if self.prune_distill else "")
+        what = "tail only" if self.tail and not self.learned else "tail too" if self.tail else "codec only"
+        codec = f"codec {self.codec_steps} steps ({what}, KD {self.codec_distill:g})" if self.codec_steps else ""
+        return " + ".join(p for p in (prune if self.prune_steps else "", codec) if p)
+
+
+def phase_budget(spec: VariantSpec, fid: Fidelity, n_train: int) -> PhaseBudget:
+    """The training budget :meth:`Builder.build` spends on ``spec`` at ``fid`` with ``n_train`` training images
+    (the nominal totals: ours' pruning iterations share theirs evenly, rounding down)."""
+    if spec.whole_model:
+        return PhaseBudget(0, 0.0, 0, 0.0, False, learned=False)
+    nothing = spec.pruning == "incremental" and spec.sparsity == 0 and spec.activation_sparsity == 0
+    prune = 0 if nothing else fid.prune.total_steps(n_train)
+    ccfg = replace(codec_config(spec), finetune_tail=finetunes_tail(spec, fid))
+    codec = fid.codec.total_steps(n_train) if ccfg.learns else 0
+    return PhaseBudget(
+        prune, fid.prune_distill if prune else 0.0, codec, ccfg.distill if codec else 0.0, ccfg.finetune_tail,
+        learned=ccfg.trainable,
+    )  # fmt: skip
 
 
 def fit_codec_to_pruned(ccfg: CodecConfig, feature_shape: tuple[int, ...], sent: int) -> CodecConfig:
@@ -173,7 +245,7 @@ class Builder:
         self.cache = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE
         self.keep_artifacts = keep_artifacts
         self.fidelities = fidelities or {}
-        self._bases: dict[tuple[str, str, str, int], tuple[SplittableModel, ImageData]] = {}
+        self._bases: dict[tuple[str, str, str, int, int | None], tuple[SplittableModel, ImageData]] = {}
         self._pruned: dict[str, PrunedDevice] = {}
         self._teacher: dict[str, torch.Tensor] = {}
 
@@ -238,6 +310,7 @@ class Builder:
             [spec.model, spec.dataset, spec.weights_sha256, spec.split, spec.sparsity, spec.schedule, spec.pruning,
              spec.activation_sparsity, fid.prune, spec.seed, data.split_id]
             + ([fid.prune_distill] if fid.prune_distill else [])
+            + list(_revision(spec, codec=False))
         )  # fmt: skip
         if key in self._pruned:
             return self._pruned[key]
@@ -259,12 +332,15 @@ class Builder:
         model, data = self.base(spec)
         train = replace(fid.prune, seed=spec.seed)
         if spec.pruning == "two-step":
+            # ours' budget and distillation: fid.prune's steps over all rounds + step 2, the same targets and weight
             cfg2 = TwoStepConfig(
                 activation_sparsity=spec.activation_sparsity,
-                round_train=replace(train, steps=max(1, train.total_steps(len(data.train_x)) // 20)),
+                train=train,
+                distill=fid.prune_distill,
                 eval_images=min(1000, len(data.val_x)),
             )
-            return prune_two_step(model, spec.split, data, cfg2)
+            logits = self.teacher_logits(spec) if fid.base_teacher and cfg2.takes_teacher_logits(data) else None
+            return prune_two_step(model, spec.split, data, cfg2, logits)
         nothing = spec.sparsity == 0 and spec.activation_sparsity == 0
         cfg = PruneConfig(
             sparsity=spec.sparsity,
@@ -291,11 +367,11 @@ class Builder:
         pruned = self.prune(spec, fid)
         server_in = nn.Sequential(Expand(pruned.kept_channels, pruned.feature_shape[0]), pruned.tail)
         ccfg = codec_config(spec)
-        if fid.codec_tail and ccfg.kind not in ("none", "huffman"):
+        if finetunes_tail(spec, fid):
             ccfg = replace(ccfg, finetune_tail=True)
         ccfg = replace(ccfg, distill_temperature=fid.codec_temperature_for(pruned.tail))
         ccfg = fit_codec_to_pruned(ccfg, pruned.feature_shape, len(pruned.kept_channels))
-        base = fid.base_teacher and ccfg.trainable  # huffman and none learn nothing: no distillation targets
+        base = fid.base_teacher and ccfg.learns  # nothing trained (split-only huffman, none): no distillation
         teacher_logits = self.teacher_logits(spec) if base else None
         with phase("codec"):
             codec = train_codec(
@@ -363,7 +439,10 @@ class Builder:
         self._check_weights(spec)
         # the preset's budgets are part of the cache key: a changed preset never answers with stale results
         # m2: measurements with validation and test accuracy (m1 files, test accuracy only, are never read)
-        path = self.cache / "measurements" / f"{spec.key}-{_digest(asdict(self.fidelity(spec)))[:12]}.m2.json"
+        budget: Any = asdict(self.fidelity(spec))
+        if _revision(spec):  # a method whose build changed since its spec key was made
+            budget = [budget, *_revision(spec)]
+        path = self.cache / "measurements" / f"{spec.key}-{_digest(budget)[:12]}.m2.json"
 
         def compute() -> Measurement:
             if spec.whole_model:
@@ -382,11 +461,17 @@ class Builder:
         )
 
 
-def prune_two_step(model: SplittableModel, split: str, data: ImageData, cfg: TwoStepConfig) -> PrunedDevice:
+def prune_two_step(
+    model: SplittableModel,
+    split: str,
+    data: ImageData,
+    cfg: TwoStepConfig,
+    teacher_logits: torch.Tensor | None = None,
+) -> PrunedDevice:
     """The 2-Step Pruning baseline (imported lazily: only baseline specs need it)."""
     from coinference.prune import two_step_prune
 
-    return two_step_prune(model, split, data, cfg)
+    return two_step_prune(model, split, data, cfg, teacher_logits)
 
 
 def build_and_measure(

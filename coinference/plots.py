@@ -48,6 +48,7 @@ _METHOD_STYLE = {
     "split+huffman": ("#1f77b4", "s"),
     "2-step+huffman": ("#2ca02c", "^"),
     "bottlenet++": ("#9467bd", "D"),
+    "bottlenet++ ec": ("#8c564b", "d"),
     "on-device": ("#7f7f7f", "x"),
     "server-png": ("#ff7f0e", "P"),
 }

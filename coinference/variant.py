@@ -47,6 +47,9 @@ class CodecSpec:
     codebook: str = "shared"
     """Levels of the sq quantizer: "shared" (one codebook, as in the paper's code) or "channel" (one per latent
     channel); see :attr:`coinference.codec.CodecConfig.codebook`."""
+    entropy_coded: bool = False
+    """bottlenetpp only: range-code its 8-bit latent values instead of one byte each (the paper's count); see
+    :attr:`coinference.codec.CodecConfig.entropy_coded`."""
 
     @property
     def label(self) -> str:
@@ -62,6 +65,8 @@ class CodecSpec:
             parts.append(f"{self.bits}b")
         if self.kind == "sq" and self.codebook != "shared":
             parts.append(self.codebook)
+        if self.entropy_coded:
+            parts.append("ec")
         return "/".join(parts)
 
     def __post_init__(self) -> None:
@@ -81,6 +86,8 @@ class CodecSpec:
             raise ConfigError(f"codec codebook {self.codebook!r} unknown; valid: {', '.join(CODEBOOKS)}")
         if self.flip_p is not None and not 0 <= self.flip_p < 0.5:
             raise ConfigError(f"BSC flip probability must be in [0, 0.5), got {self.flip_p}")
+        if self.entropy_coded and self.kind != "bottlenetpp":
+            raise ConfigError(f"entropy_coded applies to codec kind bottlenetpp, not {self.kind!r}")
 
 
 ON_DEVICE = "on-device"
@@ -91,7 +98,7 @@ WHOLE_MODEL = (ON_DEVICE, SERVER_PNG)
 """Candidates that split nothing; every search adds them to its table, so a query answers "run it all on the
 device" or "send the PNG" when that wins (their specs have no pruning and codec kind ``none``)."""
 
-LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1, "codebook": "shared"}
+LATER_CODEC_FIELDS: dict[str, Any] = {"stride": 1, "codebook": "shared", "entropy_coded": False}
 """Codec fields added after spec format 1, with the default at which :meth:`VariantSpec.to_dict` omits them."""
 LATER_SPEC_FIELDS: dict[str, Any] = {"val_size": None}
 """Spec fields added after spec format 1, with the default at which :meth:`VariantSpec.to_dict` omits them."""

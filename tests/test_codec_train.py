@@ -40,6 +40,7 @@ SPATIAL = [  # split 2: feature (8, 8, 8)
     CodecConfig("vq", channels=4, bits=3),
     CodecConfig("jscc-bsc", channels=2, stride=2),
     CodecConfig("bottlenetpp", channels=4, stride=2, channel="erasure"),
+    CodecConfig("bottlenetpp", channels=4, kernel=3, entropy_coded=True),
     CodecConfig("huffman"),
     CodecConfig("none"),
 ]
@@ -48,6 +49,7 @@ FLAT = [  # split 3: feature (16,) after pooling
     CodecConfig("vq", dim=8, bits=4),
     CodecConfig("jscc-bsc", dim=12),
     CodecConfig("bottlenetpp", dim=8, channel="awgn"),
+    CodecConfig("bottlenetpp", dim=8, entropy_coded=True),
 ]
 
 

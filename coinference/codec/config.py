@@ -83,6 +83,9 @@ class CodecConfig:
     """Also train the server tail end to end (the device head always stays frozen, BN statistics included)."""
     tail_lr: float = 0.3
     """Learning rate of a fine-tuned tail as a multiple of the codec's (a pretrained tail needs smaller steps)."""
+    entropy_coded: bool = False
+    """bottlenetpp only: range-code its 8-bit latent values (one categorical model per latent channel, fitted on
+    training symbols) instead of sending one byte each, the paper's count (sq and vq are always range-coded)."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -113,6 +116,8 @@ class CodecConfig:
         check_p(phi, "training p")
         if lo > hi or plo > phi:
             raise ConfigError(f"training ranges must be (low, high): snr {self.snr_train_db}, p {self.p_train}")
+        if self.entropy_coded and self.kind != "bottlenetpp":
+            raise ConfigError(f"entropy_coded applies to codec kind bottlenetpp, not {self.kind!r}")
         if not self.tail_lr > 0:
             raise ConfigError(f"tail_lr must be > 0, got {self.tail_lr}")
         if not self.distill_temperature > 0:
@@ -132,6 +137,12 @@ class CodecConfig:
     def trainable(self) -> bool:
         """Whether the kind has learned parts (huffman and none only fit statistics)."""
         return self.kind not in ("huffman", "none")
+
+    @property
+    def learns(self) -> bool:
+        """Whether the codec phase trains anything: the codec's learned parts, or only a fine-tuned tail (e.g. the
+        2-Step baseline's server part behind its Huffman code)."""
+        return self.trainable or self.finetune_tail
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready dict."""
