@@ -60,7 +60,10 @@ def _checkpoint_meta(path: str | Path) -> dict[str, object]:
 
 def checkpoint_normalization(path: str | Path) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     """(mean, std) recorded in a base checkpoint, or None for a bare state dict."""
-    meta = _checkpoint_meta(path)
+    return _normalization(_checkpoint_meta(path))
+
+
+def _normalization(meta: dict[str, object]) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
     if "mean" in meta and "std" in meta:
         return tuple(float(v) for v in meta["mean"]), tuple(float(v) for v in meta["std"])  # type: ignore[attr-defined]
     return None
@@ -97,7 +100,7 @@ def load_base(
                 f"base checkpoint {weights} was trained with validation split {split}; this data holds out "
                 f"{data.split_id} (give the same --val-size as when the base was prepared)"
             )
-        norm = checkpoint_normalization(weights) if "mean" in meta else None
+        norm = _normalization(meta)  # from the metadata already read, not a second load of the file
         norm = norm or info.checkpoint_normalization
     if norm is not None:
         data = data.with_normalization(*norm)
