@@ -34,6 +34,9 @@ class DeviceProfile:
     """Memory for parameters + activations, bytes."""
     source: str = ""
     """Where the numbers come from."""
+    measured: bool = False
+    """Each variant's device time is its own measurement in the deployed runtime on this machine (stored in the
+    lookup table under this profile's name), not MACs ÷ ``macs_per_s``; see ``storage.query``."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class ServerProfile:
     name: str
     macs_per_s: float
     source: str = ""
+    measured: bool = False
+    """Each variant's server time is its own measurement (as for :attr:`DeviceProfile.measured`)."""
 
 
 @dataclass(frozen=True)
@@ -77,8 +82,17 @@ class Latency:
         return self.device_s + self.transmit_s + self.rtt_s + self.server_s
 
 
-def end_to_end(m: Measurement, device: DeviceProfile, server: ServerProfile, link: Link) -> Latency:
+def end_to_end(
+    m: Measurement,
+    device: DeviceProfile,
+    server: ServerProfile,
+    link: Link,
+    device_s: float | None = None,
+    server_s: float | None = None,
+) -> Latency:
     """Latency of a measured variant on (device, server, link).
+
+    ``device_s`` / ``server_s``: the part's measured seconds per image, used instead of MACs ÷ MAC/s when given.
 
     Raises:
         ConfigError: an analog JSCC variant on a link with no symbol rate.
@@ -89,7 +103,12 @@ def end_to_end(m: Measurement, device: DeviceProfile, server: ServerProfile, lin
         transmit = m.channel_uses / link.symbols_per_s
     else:
         transmit = (m.bits_mean + m.header_bits) / 8 / link.bandwidth_bytes_per_s
-    return Latency(m.device_macs / device.macs_per_s, transmit, link.rtt_s, m.server_macs / server.macs_per_s)
+    return Latency(
+        m.device_macs / device.macs_per_s if device_s is None else device_s,
+        transmit,
+        link.rtt_s,
+        m.server_macs / server.macs_per_s if server_s is None else server_s,
+    )
 
 
 def feasible(m: Measurement, device: DeviceProfile) -> bool:
@@ -179,8 +198,12 @@ def latency_pair(
         return interleaved_medians(lambda: a(x), lambda: b(x), runs, max(3, runs // 10), block)
 
 
-def calibrate_local(seconds: float = 1.0) -> DeviceProfile:
-    """Measure this machine's sustained conv MAC/s (a ResNet-20-like 3×3 conv stack, batch 16) and its memory."""
+LOCAL = "local"
+"""The profile of this machine: variants' parts timed here in the deployed runtime (``coinfer measure``)."""
+
+
+def _conv_macs_per_s(seconds: float) -> float:
+    """This machine's sustained conv MAC/s (a ResNet-20-like 3×3 conv stack, batch 16, PyTorch)."""
     import torch
     from torch import nn
 
@@ -194,13 +217,26 @@ def calibrate_local(seconds: float = 1.0) -> DeviceProfile:
             net(x)
             n += 1
         dt = time.perf_counter() - t0
+    return n * macs_per_call / dt
+
+
+_LOCAL_SOURCE = (
+    "this machine: each variant's measured time in onnxruntime (coinfer measure) where the table has one; "
+    "without any, MACs ÷ a conv stack's MAC/s timed now ({:.3g} MAC/s)"
+)
+
+
+def calibrate_local(seconds: float = 1.0) -> DeviceProfile:
+    """This machine as a device: its memory, the measured-timings flag, and a conv stack's MAC/s timed now (the
+    fallback for a table with no measured times)."""
+    rate = _conv_macs_per_s(seconds)
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return DeviceProfile("local", n * macs_per_call / dt, int(mem), f"measured on this machine ({os.cpu_count()} CPUs)")
+    return DeviceProfile(LOCAL, rate, int(mem), _LOCAL_SOURCE.format(rate), measured=True)
 
 
 def device_profile(name: str) -> DeviceProfile:
-    """A built-in device profile, or ``local`` calibrated now by timing."""
-    if name == "local":
+    """A built-in device profile, or ``local`` (this machine, see :func:`calibrate_local`)."""
+    if name == LOCAL:
         return calibrate_local()
     if name not in DEVICES:
         raise UnknownNameError(f"unknown device profile {name!r}; valid: {', '.join(device_names())}")
@@ -209,7 +245,22 @@ def device_profile(name: str) -> DeviceProfile:
 
 def device_names() -> list[str]:
     """Built-in device profile names, including ``local``."""
-    return sorted([*DEVICES.names(), "local"])
+    return sorted([*DEVICES.names(), LOCAL])
+
+
+def server_profile(name: str) -> ServerProfile:
+    """A built-in server profile, or ``local``: this machine as the server (measured times, as for the device)."""
+    if name == LOCAL:
+        rate = _conv_macs_per_s(1.0)
+        return ServerProfile(LOCAL, rate, _LOCAL_SOURCE.format(rate), measured=True)
+    if name not in SERVERS:
+        raise UnknownNameError(f"unknown server profile {name!r}; valid: {', '.join(server_names())}")
+    return SERVERS.get(name)
+
+
+def server_names() -> list[str]:
+    """Built-in server profile names, including ``local``."""
+    return sorted([*SERVERS.names(), LOCAL])
 
 
 # ------------------------------------------------------------------------------------------- parsing

@@ -10,7 +10,7 @@ from __future__ import annotations
 from storage._engine import ENV_VAR, default_url
 from storage._models import SCHEMA_VERSION, STATUSES
 from storage.errors import EmptyTableError, NoFeasibleVariantError, SchemaVersionError, StorageError
-from storage.records import FAILED, OK, RUNNING, ArtifactRecord, VariantRecord
+from storage.records import FAILED, OK, RUNNING, ArtifactRecord, TimingRecord, VariantRecord
 from storage.table import LookupTable, open_table
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "NoFeasibleVariantError",
     "SchemaVersionError",
     "StorageError",
+    "TimingRecord",
     "VariantRecord",
     "default_url",
     "open_table",

@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
-from storage._models import SCHEMA_VERSION, Base, SchemaInfoModel
+from storage._models import SCHEMA_VERSION, Base, SchemaInfoModel, TimingModel
 from storage.errors import SchemaVersionError, StorageError
 
 ENV_VAR = "COINFER_DB"
@@ -141,6 +141,16 @@ def prepare(url: URL, create: bool) -> Engine:
     return engine
 
 
+def _add_timings(conn: Connection) -> None:
+    """2 → 3: the ``timings`` table (new and empty: nothing stored before changes)."""
+    TimingModel.__table__.create(conn, checkfirst=True)  # type: ignore[attr-defined]
+
+
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {2: _add_timings}
+"""version → the step that brings a table of that version to the next; only additive steps, so a table migrated by
+one process reads the same to every other of the new version."""
+
+
 def _check_or_create(conn: Connection, url: URL, create: bool) -> None:
     tables = set(sa.inspect(conn).get_table_names())
     if SchemaInfoModel.__tablename__ not in tables:
@@ -162,6 +172,10 @@ def _check_or_create(conn: Connection, url: URL, create: bool) -> None:
             f"lookup table {display(url)!r} has schema version {version}, newer than this coinference's "
             f"{SCHEMA_VERSION} (written by coinference {library}); upgrade coinference"
         )
+    while version < SCHEMA_VERSION and version in MIGRATIONS:
+        MIGRATIONS[version](conn)
+        version += 1
+        conn.execute(sa.update(SchemaInfoModel).values(schema_version=version))
     if version < SCHEMA_VERSION:
         raise SchemaVersionError(
             f"lookup table {display(url)!r} has schema version {version}, older than this coinference's "

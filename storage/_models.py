@@ -10,6 +10,9 @@ Schema (version :data:`SCHEMA_VERSION`)::
     measurements  id, variant_id → variants (unique, cascade), the query/Pareto columns, json (the whole record)
     artifacts     id, variant_id → variants (cascade), name, path, sha256, size_bytes, created_at; (variant_id, name)
                   unique
+    timings       id, variant_id → variants (cascade), profile, part (device|server), seconds, samples, runtime,
+                  host, created_at; (variant_id, profile, part) unique — a part's latency measured in the deployed
+                  runtime on a real machine (profile ``local``: this one)
 
 Timestamps are stored as naive UTC (SQLite has no time zones) and returned as aware UTC.
 """
@@ -31,10 +34,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-SCHEMA_VERSION = 2
-"""Bumped on every change of the tables; a database with another version is refused (see ``storage._engine``).
+SCHEMA_VERSION = 3
+"""Bumped on every change of the tables; a database with another version is migrated when a migration exists
+(``storage._engine.MIGRATIONS``), else refused. 3: measured part latencies (``timings``; 2 → 3 adds the table);
 2: validation and test accuracy apart (``val_accuracy`` ranks, ``test_accuracy`` is reported); 1 had one accuracy,
 measured on test images."""
+
+PARTS = ("device", "server")
 
 STATUSES = ("running", "ok", "failed")
 
@@ -76,6 +82,9 @@ class VariantModel(Base):
     artifacts: Mapped[list[ArtifactModel]] = relationship(
         back_populates="variant", cascade="all, delete-orphan", lazy="joined", order_by="ArtifactModel.name"
     )
+    timings: Mapped[list[TimingModel]] = relationship(
+        back_populates="variant", cascade="all, delete-orphan", lazy="joined", order_by="TimingModel.id"
+    )
 
 
 class MeasurementModel(Base):
@@ -106,3 +115,22 @@ class ArtifactModel(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
 
     variant: Mapped[VariantModel] = relationship(back_populates="artifacts")
+
+
+class TimingModel(Base):
+    __tablename__ = "timings"
+    __table_args__ = (
+        UniqueConstraint("variant_id", "profile", "part", name="uq_timings_variant_profile_part"),
+        CheckConstraint(f"part IN {PARTS!r}", name="ck_timings_part"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    variant_id: Mapped[int] = mapped_column(ForeignKey("variants.id", ondelete="CASCADE"), index=True, nullable=False)
+    profile: Mapped[str] = mapped_column(String(64), nullable=False)
+    part: Mapped[str] = mapped_column(String(16), nullable=False)
+    seconds: Mapped[float] = mapped_column(Double, nullable=False)
+    samples: Mapped[int] = mapped_column(Integer, nullable=False)
+    runtime: Mapped[str] = mapped_column(String(255), nullable=False)
+    host: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(DateTime, nullable=False)
+
+    variant: Mapped[VariantModel] = relationship(back_populates="timings")

@@ -7,6 +7,11 @@ symbol rate, and, when the link's SNR is given, analog-JSCC variants measured at
 the rest by end-to-end latency (ties: higher accuracy, then fewer bits, then key). Every measured variant is a
 candidate, not only the Pareto front: latency also depends on server MACs, which the front ignores.
 
+Measured times: with a ``measured`` device or server profile (``local``: this machine) and a table in which
+some variants' parts were timed in the deployed runtime (``coinfer measure``, stored as timings under the profile's
+name), a part's time is that measurement instead of MACs ÷ MAC/s, and variants without one are left out (counted
+in the error when nothing is left), so measured and predicted times are never ranked against each other.
+
 Analog JSCC (a measurement with ``channel_uses``) sends real symbols, not bits: its transmission takes channel uses
 ÷ the link's symbol rate (real channel uses per second). Its accuracy was measured at one SNR (:func:`analog_snr_db`:
 the spec's ``codec.snr_db``, or the codec's default evaluation SNR of 10 dB when the spec has none — training drew
@@ -41,6 +46,8 @@ class Candidate:
 
     record: VariantRecord
     latency: Latency
+    measured: tuple[str, ...] = ()
+    """The parts (``device``, ``server``) whose time is the variant's own measurement, not MACs ÷ MAC/s."""
 
     @property
     def total_s(self) -> float:
@@ -125,7 +132,8 @@ def candidates(
     ok = measured(records)
     if not ok:
         raise EmptyTableError("the lookup table has no measured (status ok) variant to choose from")
-    below, too_big, analog, noisy, out = [], [], 0, [], []
+    timed = {part: timed_on(ok, prof, part) for part, prof in (("device", device), ("server", server))}
+    below, too_big, analog, noisy, untimed, out = [], [], 0, [], 0, []
     for r in ok:
         m = r.measurement
         assert m is not None
@@ -138,8 +146,13 @@ def candidates(
             analog += 1
         elif needs is not None and snr_db is not None and needs > snr_db:
             noisy.append(needs)
+        elif any(prof is not None and r.timing(prof, part) is None for part, prof in timed.items()):
+            untimed += 1
         else:
-            out.append(Candidate(r, end_to_end(m, device, server, link)))
+            dev = r.timing(timed["device"], "device") if timed["device"] else None
+            srv = r.timing(timed["server"], "server") if timed["server"] else None
+            lat = end_to_end(m, device, server, link, dev.seconds if dev else None, srv.seconds if srv else None)
+            out.append(Candidate(r, lat, tuple(p for p, t in (("device", dev), ("server", srv)) if t is not None)))
     if not out:
         why = []
         if below:
@@ -151,6 +164,8 @@ def candidates(
             )
         if analog:
             why.append(f"{analog} analog-JSCC variants need a link symbol rate")
+        if untimed:
+            why.append(f"{untimed} have no measured time on this machine (coinfer measure times them)")
         if noisy:
             why.append(
                 f"{len(noisy)} analog-JSCC variants were measured at a higher SNR than the link's {snr_db:g} dB "
@@ -159,6 +174,15 @@ def candidates(
         raise NoFeasibleVariantError(f"no feasible variant among {len(ok)} measured: " + "; ".join(why))
     out.sort(key=_rank)
     return out
+
+
+def timed_on(records: Sequence[VariantRecord], profile: DeviceProfile | ServerProfile, part: str) -> str | None:
+    """The profile name whose stored timings of ``part`` rank ``records``: a ``measured`` profile (``local``) with
+    at least one timing among them; None (MACs ÷ MAC/s for every variant) otherwise. Once one variant is timed,
+    only timed variants are candidates: measured and MAC-predicted times are never ranked against each other."""
+    if not getattr(profile, "measured", False):
+        return None
+    return profile.name if any(r.timing(profile.name, part) is not None for r in records) else None
 
 
 def _rank(c: Candidate) -> tuple[float, float, float, str]:

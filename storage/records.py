@@ -46,6 +46,27 @@ class ArtifactRecord:
 
 
 @dataclass(frozen=True)
+class TimingRecord:
+    """One part of a variant timed in the runtime it is deployed with, on a real machine."""
+
+    profile: str
+    """The device or server profile it stands for (``local``: the machine that measured it)."""
+    part: str
+    """``device`` (image → payload bytes: pre-processing, the device part, entropy coding) or ``server`` (payload
+    bytes → logits: entropy decoding, the server part)."""
+    seconds: float
+    """Median seconds per image (batch 1)."""
+    samples: int
+    """Timed calls behind the median."""
+    runtime: str
+    """What ran it, e.g. ``onnxruntime 1.22.0, 1 thread``."""
+    host: str
+    """The machine: host name, CPU model and count."""
+    created_at: datetime
+    """When it was measured (UTC)."""
+
+
+@dataclass(frozen=True)
 class VariantRecord:
     """One row of the lookup table: a variant's spec, its status and, when ``ok``, its measurement."""
 
@@ -66,3 +87,9 @@ class VariantRecord:
     """Last change (UTC)."""
     artifacts: dict[str, ArtifactRecord] = field(default_factory=dict)
     """Files of the variant by name."""
+    timings: tuple[TimingRecord, ...] = ()
+    """Measured part latencies (:meth:`LookupTable.record_timing`), oldest first."""
+
+    def timing(self, profile: str, part: str) -> TimingRecord | None:
+        """The measured latency of ``part`` (``device`` or ``server``) on ``profile``, or None."""
+        return next((t for t in self.timings if t.profile == profile and t.part == part), None)

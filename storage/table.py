@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 from coinference.errors import ConfigError
 from coinference.variant import Measurement, VariantSpec
 from storage import _engine
-from storage._models import STATUSES, ArtifactModel, MeasurementModel, RunModel, VariantModel
+from storage._models import PARTS, STATUSES, ArtifactModel, MeasurementModel, RunModel, TimingModel, VariantModel
 from storage.errors import StorageError
-from storage.records import FAILED, OK, RUNNING, ArtifactRecord, VariantRecord, sha256_file
+from storage.records import FAILED, OK, RUNNING, ArtifactRecord, TimingRecord, VariantRecord, sha256_file
 
 T = TypeVar("T")
 _WRITE_ATTEMPTS = 5
@@ -169,13 +169,14 @@ class LookupTable:
         return self._write(fn)
 
     def record_failure(self, spec: VariantSpec, error: str, run: str) -> VariantRecord:
-        """Record a failed build: status ``failed`` with ``error``; any earlier measurement is removed (files are
-        kept for inspection)."""
+        """Record a failed build: status ``failed`` with ``error``; any earlier measurement and its timings are
+        removed (files are kept for inspection)."""
 
         def fn(s: Session) -> VariantRecord:
             row = _one(s, spec.key, lock=True) or _new_row(s, spec, run, FAILED)
             row.status, row.error, row.run, row.updated_at = FAILED, str(error), _run(s, run), _now()
             row.measurement = None
+            row.timings.clear()  # they timed the parts of the measurement that is gone
             return _to_record(row)
 
         return self._write(fn)
@@ -194,6 +195,37 @@ class LookupTable:
                 raise ConfigError(f"no variant with key {key!r} in {self.url}")
             _set_artifacts(s, row, files)
             row.updated_at = _now()
+            return _to_record(row)
+
+        return self._write(fn)
+
+    def record_timing(
+        self, key: str, profile: str, part: str, seconds: float, samples: int, runtime: str, host: str
+    ) -> VariantRecord:
+        """Store the measured latency of one part of an ``ok`` variant on ``profile`` (replacing an earlier one).
+
+        Raises:
+            ConfigError: unknown key, a variant that is not ``ok``, an unknown part, or a time that is not a
+                finite number > 0.
+        """
+        if part not in PARTS:
+            raise ConfigError(f"unknown part {part!r}; valid: {', '.join(PARTS)}")
+        if not (isinstance(seconds, int | float) and 0 < seconds < float("inf")):
+            raise ConfigError(f"measured time must be finite and > 0 s, got {seconds!r}")
+        if samples < 1 or not profile:
+            raise ConfigError(f"a timing needs a profile name and ≥ 1 sample, got {profile!r}, {samples}")
+
+        def fn(s: Session) -> VariantRecord:
+            row = _one(s, key, lock=True)
+            if row is None:
+                raise ConfigError(f"no variant with key {key!r} in {self.url}")
+            if row.status != OK:
+                raise ConfigError(f"variant {key[:12]} has status {row.status!r}: only measured variants are timed")
+            t = next((t for t in row.timings if t.profile == profile and t.part == part), None)
+            if t is None:
+                t = TimingModel(profile=profile, part=part)
+                row.timings.append(t)
+            t.seconds, t.samples, t.runtime, t.host, t.created_at = float(seconds), int(samples), runtime, host, _now()
             return _to_record(row)
 
         return self._write(fn)
@@ -338,4 +370,8 @@ def _to_record(row: VariantModel) -> VariantRecord:
             a.name: ArtifactRecord(a.name, Path(a.path), a.sha256, a.size_bytes, _aware(a.created_at))
             for a in row.artifacts
         },
+        timings=tuple(
+            TimingRecord(t.profile, t.part, t.seconds, t.samples, t.runtime, t.host, _aware(t.created_at))
+            for t in row.timings
+        ),
     )

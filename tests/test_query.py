@@ -119,3 +119,44 @@ def test_default_floor_is_best_fitting_accuracy_minus_margin() -> None:
     assert default_floor([LOCAL, SPLIT, big, failed]) == pytest.approx(0.97)
     assert default_floor([LOCAL, SPLIT, big, failed], DEV) == pytest.approx(0.88)
     assert default_floor([failed], DEV) is None and default_floor([big], DEV) is None
+
+
+def _timed(r: VariantRecord, device_s: float | None = None, server_s: float | None = None) -> VariantRecord:
+    from dataclasses import replace
+
+    from storage import TimingRecord
+
+    ts = tuple(
+        TimingRecord("local", part, s, 100, "onnxruntime", "host", T0)
+        for part, s in (("device", device_s), ("server", server_s))
+        if s is not None
+    )
+    return replace(r, timings=ts)
+
+
+def test_measured_times_replace_macs_on_a_measured_profile_only() -> None:
+    local_dev = DeviceProfile("local", macs_per_s=1e6, memory_bytes=1_000, measured=True)
+    # MACs say LOCAL takes 1 s and SPLIT 0.1 s on the device; measured, LOCAL takes 1 ms and SPLIT 0.5 s.
+    a, b = _timed(LOCAL, device_s=0.001), _timed(SPLIT, device_s=0.5)
+    res = query([a, b], Link(1e5), local_dev, SRV)
+    assert res.best.record.key == LOCAL.key and res.best.latency.device_s == 0.001
+    assert res.best.measured == ("device",) and res.runners_up[0].latency.device_s == 0.5
+    # the same records on a profile that is not measured: MACs, as before
+    assert query([a, b], Link(1e5), DEV, SRV).best.record.key == SPLIT.key
+    # a measured server part too
+    local_srv = ServerProfile("local", macs_per_s=1e9, measured=True)
+    c = _timed(SPLIT, device_s=0.5, server_s=0.25)
+    got = query([c], Link(1e5), local_dev, local_srv).best
+    assert got.latency.server_s == 0.25 and got.measured == ("device", "server")
+
+
+def test_untimed_variants_are_left_out_once_any_is_timed() -> None:
+    local_dev = DeviceProfile("local", macs_per_s=1e6, memory_bytes=1_000, measured=True)
+    # nothing timed: every variant is ranked by MACs
+    assert query([LOCAL, SPLIT], Link(1e5), local_dev, SRV).best.record.key == SPLIT.key
+    # one timed: the untimed one is not ranked against it, even though its predicted time is lower
+    res = query([_timed(LOCAL, device_s=0.9), SPLIT], Link(1e5), local_dev, SRV)
+    assert res.best.record.key == LOCAL.key and res.feasible == 1
+    better = rec(3, 0.96, 100_000, 8_000)  # above the floor, but never timed
+    with pytest.raises(NoFeasibleVariantError, match="1 below the accuracy floor .*1 have no measured time"):
+        query([_timed(LOCAL, device_s=0.9), better], Link(1e5), local_dev, SRV, accuracy_floor=0.95)

@@ -121,6 +121,28 @@ def test_update_status(backend) -> None:
         assert_consistent(r)
 
 
+def test_timings_are_stored_per_profile_and_part(backend) -> None:
+    _, table, reopen = backend
+    s = spec(4)
+    table.mark_running(s, "r")
+    with pytest.raises(ConfigError, match="status 'running'"):
+        table.record_timing(s.key, "local", "device", 0.001, 10, "onnxruntime", "host")
+    table.record_ok(s, meas(), "r")
+    for bad, match in (({"part": "both"}, "unknown part 'both'"), ({"seconds": 0.0}, "finite and > 0"),
+                       ({"seconds": float("nan")}, "finite and > 0"), ({"samples": 0}, "≥ 1 sample")):  # fmt: skip
+        kw = {"profile": "local", "part": "device", "seconds": 0.001, "samples": 5, "runtime": "ort", "host": "h"}
+        with pytest.raises(ConfigError, match=match):
+            table.record_timing(s.key, **{**kw, **bad})  # type: ignore[arg-type]
+    table.record_timing(s.key, "local", "device", 0.002, 200, "onnxruntime 1.x, 1 thread", "host")
+    table.record_timing(s.key, "local", "server", 0.003, 200, "onnxruntime 1.x, 1 thread", "host")
+    rec = table.record_timing(s.key, "local", "device", 0.0015, 300, "onnxruntime 1.x, 1 thread", "host")  # replaces
+    got = reopen().get(s.key)
+    assert got == rec and len(got.timings) == 2
+    assert got.timing("local", "device").seconds == 0.0015 and got.timing("local", "device").samples == 300
+    assert got.timing("local", "server").seconds == 0.003 and got.timing("rpi3", "device") is None
+    assert table.record_failure(s, "rebuilt badly", "r").timings == ()  # they timed a measurement that is gone
+
+
 def test_mark_running_idempotent(backend) -> None:
     _, table, _ = backend
     a = table.mark_running(spec(3), "r")

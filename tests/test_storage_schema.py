@@ -87,11 +87,30 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     _set_version(db, SCHEMA_VERSION + 1)
     with pytest.raises(SchemaVersionError, match=f"schema version {SCHEMA_VERSION + 1}, newer than"):
         open_table(f"sqlite:///{db}")
-    _set_version(db, SCHEMA_VERSION - 1)
+    _set_version(db, 1)  # version 1 held test accuracy only: no migration
     with pytest.raises(SchemaVersionError, match="older than"):
         open_table(f"sqlite:///{db}")
     _set_version(db, SCHEMA_VERSION)
     open_table(f"sqlite:///{db}").close()
+
+
+def test_version_2_table_is_migrated_keeping_its_variants(tmp_path: Path) -> None:
+    db = tmp_path / "t.db"
+    s = VariantSpec("tiny-cnn", "synthetic", "stem")
+    with open_table(f"sqlite:///{db}") as t:
+        t.mark_running(s, "r")
+    con = sqlite3.connect(db)  # a version-2 table: the same tables without `timings`
+    con.execute("DROP TABLE timings")
+    con.execute("UPDATE schema_info SET schema_version = 2")
+    con.commit()
+    con.close()
+    with open_table(f"sqlite:///{db}", create=False) as t:
+        rec = t.get(s.key)
+        assert rec is not None and rec.timings == ()
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT schema_version FROM schema_info").fetchone() == (SCHEMA_VERSION,)
+    assert con.execute("SELECT count(*) FROM timings").fetchone() == (0,)
+    con.close()
 
 
 def test_reopen_keeps_data(tmp_path: Path) -> None:

@@ -145,6 +145,7 @@ def query(
                     "transmit_s": c.latency.transmit_s,
                     "rtt_s": c.latency.rtt_s,
                     "server_s": c.latency.server_s,
+                    "measured_parts": list(c.measured),
                     "measurement": c.record.measurement.to_dict() if c.record.measurement else None,
                 }
                 for c in ranked
@@ -171,6 +172,9 @@ def query(
             f"{lat.server_s * 1e3:,.3f}", f"{c.total_s * 1e3:,.3f}",
         )  # fmt: skip
     con.print(t)
+    timed = sorted({p for c in ranked for p in c.measured})
+    if timed:
+        con.print(f"{' and '.join(timed)} ms: each variant's own time measured on this machine (coinfer measure)")
     con.print(f"best: {res.best.record.key}")
     note = fidelity_note(records)
     if note:

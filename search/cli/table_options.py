@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from coinference.errors import ConfigError
-from coinference.latency import SERVERS, DeviceProfile, Link, ServerProfile, device_names, device_profile
+from coinference.latency import (
+    DeviceProfile,
+    Link,
+    ServerProfile,
+    device_names,
+    device_profile,
+    server_names,
+    server_profile,
+)
 from coinference.latency import parse_bandwidth as _parse_bandwidth
 from coinference.variant import FIDELITIES
 from search.cli import names, validate
@@ -36,7 +44,12 @@ NameOpt = Annotated[
 ]
 RunsRootOpt = Annotated[Path, typer.Option("--runs-root", help="Parent folder of the run folders.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help=f"Device profile: {', '.join(device_names())}.")]
-ServerOpt = Annotated[str, typer.Option("--server", help=f"Server profile: {', '.join(SERVERS.names())}.")]
+ServerOpt = Annotated[
+    str,
+    typer.Option(
+        "--server", help=f"Server profile: {', '.join(server_names())} (local: times measured by coinfer measure)."
+    ),
+]
 RttOpt = Annotated[float, typer.Option("--rtt", help="Round-trip time added once per image, seconds (≥ 0).")]
 MinAccOpt = Annotated[
     float | None,
@@ -87,13 +100,13 @@ def read_table(ref: TableRef) -> LookupTable:
 def check_profiles(device: str, server: str) -> None:
     """--device/--server names, checked without calibrating ``local``."""
     names.check("device profile", device, device_names())
-    names.check("server profile", server, SERVERS.names())
+    names.check("server profile", server, server_names())
 
 
 def profiles(device: str, server: str) -> tuple[DeviceProfile, ServerProfile]:
     """Resolve --device/--server (unknown names raise an error listing the valid ones)."""
     check_profiles(device, server)
-    return device_profile(device), SERVERS.get(server)
+    return device_profile(device), server_profile(server)
 
 
 def check_rtt(rtt: float) -> float:
