@@ -1,5 +1,7 @@
 """Export of a variant from the lookup table: load the parts the builder recorded as artifacts and hand them to
-:func:`coinference.export.export_variant`, then verify the package.
+:func:`coinference.export.export_variant`, then verify the package from its files alone — in this process
+(:func:`coinference.export.verify_export` against the loaded parts) and in a fresh one without PyTorch
+(:func:`coinference.runtime.verify.verify_in_subprocess`, against the reference outputs the package carries).
 
 Artifacts a variant needs (recorded with ``LookupTable.record_ok(..., artifacts=...)``), in one of two forms:
 
@@ -8,12 +10,13 @@ Artifacts a variant needs (recorded with ``LookupTable.record_ok(..., artifacts=
    normalised image (N, C, H, W) float32 → symbols (N, ...);
    ``server``: TorchScript file of the server part — decoder + rest of the model: symbols → logits;
    ``codec`` (optional; absent = the feature is sent as float32): ``.npz`` (``numpy.savez``, no pickled objects)
-   holding ``kind`` (a 0-d string array naming a :data:`coinference.export.BYTE_CODECS` entry) and its tables.
+   holding ``kind`` (a 0-d string array naming a runtime coder, :data:`coinference.runtime.BYTE_CODERS`: ``raw``,
+   ``categorical``, ``huffman``, ``sign-bits``) and its params and tables.
 2. **coinference builder checkpoints** (what ``coinference.build.save_variant`` writes; no ``server`` artifact):
    ``device``: the pruned model (``coinference.pruned/1``), ``codec``: the trained codec and server tail
    (``coinference.codec/1``). The device part is ``head → codec.to_symbols``, the server part
-   ``codec.from_symbols → expand → tail``, and the bytes path the codec's own ``encode_payload``/``decode_payload``
-   (none for analog JSCC, whose device output is the real channel symbols themselves).
+   ``codec.from_symbols → expand → tail``, and the bytes path the codec's runtime coder
+   (:meth:`coinference.codec.FeatureCodec.byte_coder`; for analog JSCC the real channel symbols as float32).
 
 Each file is checked against the sha256 recorded in the table before it is loaded.
 """
@@ -29,16 +32,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from coinference.export import (
     BYTE_CODECS,
+    CHECK_IMAGES,
     ByteCodec,
     Normalization,
     VerifyReport,
     export_variant,
     load_torchscript,
+    split_parts,
     verify_export,
 )
 from coinference.variant import ON_DEVICE
@@ -101,11 +105,16 @@ def export_record(
     normalization: Normalization | None,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    fresh_process: bool = True,
 ) -> tuple[Path, VerifyReport]:
-    """Export ``record`` to ``out`` and verify it on ``images`` (normalised float32 (N, C, H, W)).
+    """Export ``record`` to ``out`` and verify it on ``images`` (uint8 (N, C, H, W), as the data sets store them;
+    the package carries the first :data:`~coinference.export.CHECK_IMAGES` with their torch outputs).
 
     The package is written and verified in a folder beside ``out`` and moved into ``out`` only once verified: a
-    failed export (a part onnxruntime cannot run, logits that differ) leaves ``out`` as it was.
+    failed export (a part onnxruntime cannot run, logits that differ) leaves ``out`` as it was. Verification
+    rebuilds everything from the package's files (:func:`~coinference.export.verify_export`); with
+    ``fresh_process`` the package is also checked against its carried reference in a new Python process in which
+    ``import torch`` fails.
 
     Returns:
         (manifest path, verification report).
@@ -142,8 +151,15 @@ def export_record(
             spec={"key": record.key, **record.spec.to_dict()},
             measurement=record.measurement.to_dict(),
             extra=extra,
+            check_images=images[:CHECK_IMAGES],
         )
         report = verify_export(stage, images, reference=(device, server), codec=codec)
+        if fresh_process:
+            from coinference.progress import phase
+            from coinference.runtime.verify import verify_in_subprocess
+
+            with phase("verify export in a fresh process without PyTorch"):
+                verify_in_subprocess(stage)
     except Exception as e:
         shutil.rmtree(stage, ignore_errors=True)
         for folder in made:  # deepest first
@@ -166,47 +182,7 @@ def export_record(
 
 
 # ------------------------------------------------------------------------------------------- builder checkpoints
-class _ToSymbols(nn.Module):
-    def __init__(self, codec: nn.Module) -> None:
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, feature: torch.Tensor) -> torch.Tensor:
-        return self.codec.to_symbols(feature)  # type: ignore[operator]
-
-
-class _FromSymbols(nn.Module):
-    def __init__(self, codec: nn.Module) -> None:
-        super().__init__()
-        self.codec = codec
-
-    def forward(self, symbols: torch.Tensor) -> torch.Tensor:
-        return self.codec.from_symbols(symbols)  # type: ignore[operator]
-
-
-class FeatureCodecBytes:
-    """:class:`~coinference.export.ByteCodec` view of a coinference feature codec (its payload, no header)."""
-
-    def __init__(self, codec: Any) -> None:
-        self.codec = codec
-        self.kind = f"coinference.{codec.kind}"
-
-    def compress(self, symbols: torch.Tensor) -> bytes:
-        return bytes(self.codec.encode_payload(symbols))
-
-    def decompress(self, payload: bytes) -> torch.Tensor:
-        return self.codec.decode_payload(payload)
-
-    def tables(self) -> dict[str, np.ndarray]:
-        from coinference.codec.state import coder_state
-
-        out = {"codec_kind": np.asarray(self.codec.kind)}
-        for k, v in coder_state(self.codec).items():
-            out[k] = v.numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-        return out
-
-
-def _builder_parts(record: VariantRecord) -> tuple[nn.Module, nn.Module, ByteCodec | None]:
+def _builder_parts(record: VariantRecord) -> tuple[nn.Module, nn.Module, ByteCodec]:
     from coinference.build import load_codec
     from coinference.errors import CoinferenceError
     from coinference.prune import load_pruned
@@ -223,8 +199,4 @@ def _builder_parts(record: VariantRecord) -> tuple[nn.Module, nn.Module, ByteCod
         raise StorageError(
             f"variant {record.key[:12]}: cannot rebuild it from its builder checkpoints: {msg}"
         ) from None
-    device = nn.Sequential(pruned.head, _ToSymbols(codec)).eval()
-    server = nn.Sequential(_FromSymbols(codec), tail).eval()
-    # analog JSCC (channel uses measured) has no bitstream: its real symbols go onto the channel as they are
-    analog = record.measurement is not None and record.measurement.channel_uses is not None
-    return device, server, None if analog else FeatureCodecBytes(codec)
+    return split_parts(pruned.head, codec, tail)

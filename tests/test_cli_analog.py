@@ -128,9 +128,10 @@ def test_pareto_chooses_analog_variants_given_a_symbol_rate(run_cli, db: str, tm
 
 
 @pytest.mark.slow
-def test_export_of_an_analog_variant_has_no_bytes_path(run_cli, tmp_path: Path) -> None:
+def test_export_of_an_analog_variant_sends_float32_channel_symbols(run_cli, tmp_path: Path) -> None:
     """Builder checkpoints of a jscc-awgn variant (an untrained codec: export reproduces whatever it computes):
-    exported and verified through ONNX; the device's output are the real channel symbols, no byte codec."""
+    exported and verified through ONNX; the device's output are the real channel symbols, sent over a digital link
+    as raw float32 (4 bytes each)."""
     import torch
     from torch import nn
 
@@ -162,9 +163,10 @@ def test_export_of_an_analog_variant_has_no_bytes_path(run_cli, tmp_path: Path) 
     assert code == 2 and "need a link symbol rate" in err
     code, stdout, err = run_cli(*args, "--symbol-rate", "1e5", "--snr", "8")
     assert code == 0, err
-    assert "no bytes path" in stdout and "128 real channel symbols" in stdout
+    assert "128 real channel symbols per image, sent as float32" in stdout and "4,096 payload bits" in stdout
     man = json.loads((out / "manifest.json").read_text())
-    assert man["codec"] is None and man["device"]["output_dtype"] == "float32"
+    assert man["codec"]["kind"] == "raw" and man["codec"]["analog"] and man["codec"]["source"] == "jscc-awgn"
+    assert man["codec"]["params"]["dtype"] == "float32" and man["device"]["output_dtype"] == "float32"
     assert man["extra"]["query"]["symbols_per_s"] == 1e5 and man["extra"]["query"]["snr_db"] == 8.0
     assert man["extra"]["analog"] == {"real_channel_uses": 128, "snr_db": 5.0}
     assert man["extra"]["predicted_latency_s"]["transmit"] == pytest.approx(128 / 1e5)

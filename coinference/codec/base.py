@@ -16,10 +16,11 @@ import torch
 from torch import nn
 
 from coinference.codec.config import CodecConfig
-from coinference.codec.entropy import BitstreamError, pack, unpack
+from coinference.codec.entropy import pack, unpack
 from coinference.errors import ConfigError
 from coinference.evaluate import eval_mode
 from coinference.registry import Registry
+from coinference.runtime.codecs import ByteCoder, RawCoder
 
 
 class FeatureCodec(nn.Module):
@@ -86,13 +87,23 @@ class FeatureCodec(nn.Module):
         """Evaluation SNR (dB) or p of the codec's channel."""
         raise ConfigError(f"codec {self.kind!r} has no channel")
 
+    def byte_coder(self) -> ByteCoder:
+        """The runtime coder of one sample's symbols (:mod:`coinference.runtime.codecs`, numpy only): what
+        :meth:`encode_payload` and :meth:`decode_payload` run, and what an export package's tables rebuild, so the
+        builder's bits and a deployed runtime's bytes are the same bytes.
+
+        Raises:
+            ConfigError: statistics the coder needs are not fitted yet.
+        """
+        raise NotImplementedError
+
     def encode_payload(self, symbols: torch.Tensor) -> bytes:
         """Payload bytes of one sample's symbols (batch dimension removed)."""
-        raise NotImplementedError
+        return self.byte_coder().encode(symbols.detach().cpu().numpy())
 
     def decode_payload(self, payload: bytes) -> torch.Tensor:
         """Symbols of one sample (no batch dimension) from payload bytes; raises BitstreamError if malformed."""
-        raise NotImplementedError
+        return torch.from_numpy(np.asarray(self.byte_coder().decode(payload)))
 
     def check_feature(self, feature: torch.Tensor, batch_one: bool = False) -> None:
         """ConfigError unless ``feature`` is (N, *feature_shape) (N = 1 when ``batch_one``)."""
@@ -145,11 +156,5 @@ class RawCodec(FeatureCodec):
     def from_symbols(self, symbols: torch.Tensor) -> torch.Tensor:
         return symbols
 
-    def encode_payload(self, symbols: torch.Tensor) -> bytes:
-        return symbols.numpy().astype("<f4").tobytes()
-
-    def decode_payload(self, payload: bytes) -> torch.Tensor:
-        n = int(np.prod(self.feature_shape))
-        if len(payload) != 4 * n:
-            raise BitstreamError(f"corrupt payload: {len(payload)} bytes for {n} float32 values")
-        return torch.from_numpy(np.frombuffer(payload, "<f4").astype(np.float32).reshape(self.feature_shape))
+    def byte_coder(self) -> RawCoder:
+        return RawCoder(self.feature_shape, "float32", "float32")

@@ -39,10 +39,11 @@ from coinference.codec.base import CODECS, FeatureCodec
 from coinference.codec.bottleneck import latent_shape
 from coinference.codec.channel import AWGNChannel, Channel
 from coinference.codec.config import CodecConfig, check_p, check_snr
-from coinference.codec.entropy import BitstreamError, CategoricalCoder
+from coinference.codec.entropy import CategoricalCoder
 from coinference.codec.quantize import uniform_ste
 from coinference.errors import ConfigError
 from coinference.evaluate import INFERENCE_BATCH, eval_mode
+from coinference.runtime.codecs import RawCoder
 
 BOTTLENETPP_BITS = 8
 _TOP = 2**BOTTLENETPP_BITS - 1
@@ -212,15 +213,8 @@ class BottleNetPP(FeatureCodec):
             raise ConfigError("the entropy model is not fitted: call fit_statistics on training features first")
         return self.coder
 
-    def encode_payload(self, symbols: torch.Tensor) -> bytes:
+    def byte_coder(self) -> CategoricalCoder | RawCoder:
+        """The range coder when ``entropy_coded``, else one byte per 8-bit value."""
         if self.cfg.entropy_coded:
-            return self._require_coder().encode(symbols.numpy())
-        return symbols.flatten().numpy().astype(np.uint8).tobytes()
-
-    def decode_payload(self, payload: bytes) -> torch.Tensor:
-        if self.cfg.entropy_coded:
-            return torch.from_numpy(self._require_coder().decode(payload))
-        n = math.prod(self.latent_shape)
-        if len(payload) != n:
-            raise BitstreamError(f"corrupt payload: {len(payload)} bytes for {n} 8-bit values")
-        return torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).astype(np.int64)).view(self.latent_shape)
+            return self._require_coder()
+        return RawCoder(self.latent_shape, "uint8", "int64")

@@ -9,21 +9,19 @@ bytes.
 
 from __future__ import annotations
 
-import struct
-
-import constriction
 import numpy as np
 import torch
 
 from coinference.codec.base import CODECS, FeatureCodec
 from coinference.codec.config import CodecConfig
-from coinference.codec.entropy import BitstreamError
 from coinference.codec.quantize import uniform_quantize
 from coinference.errors import ConfigError
 from coinference.evaluate import INFERENCE_BATCH
+from coinference.runtime.codecs import HuffmanCoder, MinMaxHuffmanCoder
 
 HUFFMAN_BITS = 8
-_RANGE = struct.Struct("<ff")
+
+__all__ = ["HUFFMAN_BITS", "HuffmanCodec", "HuffmanCoder", "per_tensor_range"]
 
 
 def per_tensor_range(feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -31,45 +29,6 @@ def per_tensor_range(feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     flat = feature.flatten(1).to(torch.float32)
     shape = (-1,) + (1,) * (feature.dim() - 1)
     return flat.min(1).values.view(shape), flat.max(1).values.view(shape)
-
-
-class HuffmanCoder:
-    """A Huffman code over L symbols built from (pseudo-)counts, with byte-aligned encode/decode."""
-
-    def __init__(self, counts: np.ndarray) -> None:
-        self.probs = np.asarray(counts, dtype=np.float64) + 1.0  # every symbol stays encodable
-        self.levels = len(self.probs)
-        self._enc = constriction.symbol.huffman.EncoderHuffmanTree(self.probs)
-        self._dec = constriction.symbol.huffman.DecoderHuffmanTree(self.probs)
-
-    def encode(self, symbols: np.ndarray) -> bytes:
-        """Code bits of a flat symbol array, cut to whole bytes."""
-        enc = constriction.symbol.QueueEncoder()
-        for s in np.asarray(symbols).ravel().tolist():
-            enc.encode_symbol(s, self._enc)
-        words, nbits = enc.get_compressed_and_bitrate()
-        return words.astype("<u4").tobytes()[: (nbits + 7) // 8]
-
-    def decode(self, data: bytes, n: int) -> np.ndarray:
-        """``n`` symbols from bytes made by :meth:`encode`; BitstreamError if they run out."""
-        padded = data + bytes(-len(data) % 4)
-        dec = constriction.symbol.QueueDecoder(np.frombuffer(padded, dtype="<u4").astype(np.uint32))
-        try:
-            out = [dec.decode_symbol(self._dec) for _ in range(n)]
-        except Exception as e:  # constriction raises when the bits run out
-            raise BitstreamError(f"corrupt Huffman payload: {e}") from None
-        return np.asarray(out, dtype=np.int64)
-
-    def mean_code_length(self) -> float:
-        """Expected code length in bits per symbol under the training distribution (for reports)."""
-        enc = constriction.symbol.QueueEncoder()
-        lengths = []
-        for s in range(self.levels):
-            before = enc.get_compressed_and_bitrate()[1]
-            enc.encode_symbol(s, self._enc)
-            lengths.append(enc.get_compressed_and_bitrate()[1] - before)
-        p = self.probs / self.probs.sum()
-        return float((p * np.asarray(lengths)).sum())
 
 
 @CODECS.register("huffman")
@@ -114,17 +73,6 @@ class HuffmanCodec(FeatureCodec):
             raise ConfigError("the Huffman table is not built: call fit_statistics on training features first")
         return self.coder
 
-    def encode_payload(self, symbols: torch.Tensor) -> bytes:
-        coder = self._require_coder()
-        head = _RANGE.pack(float(symbols[0]), float(symbols[1]))
-        return head + coder.encode(symbols[2:].to(torch.int64).numpy())
-
-    def decode_payload(self, payload: bytes) -> torch.Tensor:
-        coder = self._require_coder()
-        if len(payload) < _RANGE.size:
-            raise BitstreamError(f"corrupt Huffman payload: {len(payload)} bytes, the range alone is {_RANGE.size}")
-        lo, hi = _RANGE.unpack_from(payload)
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-            raise BitstreamError(f"corrupt Huffman payload: range [{lo}, {hi}]")
-        sym = coder.decode(payload[_RANGE.size :], self.numel)
-        return torch.cat([torch.tensor([lo, hi], dtype=torch.float64), torch.from_numpy(sym).to(torch.float64)])
+    def byte_coder(self) -> MinMaxHuffmanCoder:
+        """min and max as two float32, then the Huffman code of the 8-bit symbols."""
+        return MinMaxHuffmanCoder(self._require_coder(), self.numel)

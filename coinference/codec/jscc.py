@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from coinference.codec.base import CODECS, FeatureCodec
 from coinference.codec.bottleneck import Decoder, Encoder
 from coinference.codec.channel import AWGNChannel, BSCChannel, Channel, normalize_power
 from coinference.codec.config import CodecConfig, check_p, check_snr
-from coinference.codec.entropy import BitstreamError
 from coinference.errors import ConfigError
+from coinference.runtime.codecs import RawCoder, SignBitsCoder
 
 
 class _JSCC(FeatureCodec):
@@ -78,6 +77,11 @@ class AWGNJSCC(_JSCC):
         self.channel.level = check_snr(level)
         self.channel.generator = generator
 
+    def byte_coder(self) -> RawCoder:
+        """No bitstream: an export sends the real channel symbols over a digital link as float32 (4 bytes each),
+        what a radio would send as they are."""
+        return RawCoder(self.latent_shape, "float32", "float32")
+
     def encode_payload(self, symbols: torch.Tensor) -> bytes:
         raise ConfigError(
             "jscc-awgn is analog: it sends channel symbols, not bits; count channel_uses "
@@ -108,12 +112,6 @@ class BSCJSCC(_JSCC):
         self.channel.level = check_p(level)
         self.channel.generator = generator
 
-    def encode_payload(self, symbols: torch.Tensor) -> bytes:
-        return np.packbits((symbols.flatten().numpy() > 0).astype(np.uint8)).tobytes()
-
-    def decode_payload(self, payload: bytes) -> torch.Tensor:
-        n = self.channel_uses
-        if len(payload) != (n + 7) // 8:
-            raise BitstreamError(f"corrupt payload: {len(payload)} bytes for {n} bits")
-        bits = np.unpackbits(np.frombuffer(payload, dtype=np.uint8))[:n]
-        return torch.from_numpy(bits.astype(np.float32) * 2 - 1).view(self.latent_shape)
+    def byte_coder(self) -> SignBitsCoder:
+        """The packed sign bits, one per latent value (no entropy coding)."""
+        return SignBitsCoder(self.latent_shape)

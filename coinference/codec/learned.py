@@ -68,11 +68,8 @@ class QuantizedCodec(FeatureCodec):
             raise ConfigError("the entropy model is not fitted: call fit_statistics on training features first")
         return self.coder
 
-    def encode_payload(self, symbols: torch.Tensor) -> bytes:
-        return self._require_coder().encode(symbols.numpy())
-
-    def decode_payload(self, payload: bytes) -> torch.Tensor:
-        return torch.from_numpy(self._require_coder().decode(payload))
+    def byte_coder(self) -> CategoricalCoder:
+        return self._require_coder()
 
 
 @CODECS.register("sq")

@@ -217,7 +217,9 @@ class VectorQuantizer(_Learned):
 
     def dequantize(self, symbols: torch.Tensor) -> torch.Tensor:
         """Latent of symbols ((N,) → (N, D); (N, H, W) → (N, C, H, W))."""
-        return self.codebook.detach()[symbols].movedim(-1, 1)
+        q = self.codebook.detach()[symbols]
+        # permute with non-negative dims: the ONNX exporter writes movedim(-1, 1) as a Transpose perm with a -1
+        return q.permute(0, q.dim() - 1, *range(1, q.dim() - 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -240,7 +242,8 @@ class VectorQuantizer(_Learned):
 def uniform_quantize(x: torch.Tensor, lo: torch.Tensor | float, hi: torch.Tensor | float, bits: int = 8) -> tuple:
     """Uniform ``bits``-bit quantization of ``x`` on [lo, hi] → (symbols int64, dequantized values)."""
     levels = 2**bits - 1
-    scale = torch.as_tensor(hi) - torch.as_tensor(lo)
+    # a tensor bound stays a tensor (torch.as_tensor would make it a constant of an exported trace)
+    scale = (hi if isinstance(hi, torch.Tensor) else torch.tensor(hi)) - lo
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     sym = torch.round((x - lo) / scale * levels).clamp(0, levels).to(torch.int64)
     return sym, sym.to(x.dtype) / levels * scale + lo

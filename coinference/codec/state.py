@@ -20,12 +20,13 @@ def coder_state(codec: FeatureCodec) -> dict[str, object]:
     if isinstance(coder, CategoricalCoder):
         return {
             "coder": "categorical",
-            "probs": torch.from_numpy(coder.probs.copy()),
+            # the weights as the coder was given them: normalising them again on loading gives the same bits
+            "probs": torch.from_numpy(coder.weights.copy()),
             "contexts": torch.from_numpy(coder.contexts.copy()),
         }
     if isinstance(coder, HuffmanCoder):
         # HuffmanCoder adds one pseudo-count to every symbol; store the counts it was built from.
-        return {"coder": "huffman", "counts": torch.from_numpy(coder.probs - 1.0)}
+        return {"coder": "huffman", "counts": torch.from_numpy(coder.counts.copy())}
     return {}
 
 

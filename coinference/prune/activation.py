@@ -9,6 +9,7 @@ transmitted size therefore counts ``kept × H × W`` values: exactly the unprune
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from coinference.evaluate import eval_mode
@@ -42,11 +43,25 @@ def feature_bits(n_channels: int, feature_shape: tuple[int, ...]) -> int:
     return n_channels * spatial * FLOAT_BITS
 
 
+def expand_index(kept: torch.Tensor, channels: int) -> torch.Tensor:
+    """int64 (channels,): for each channel of the full feature, its position in the sent feature with one zero
+    channel put in front (0: not sent, ``i + 1``: sent as channel ``i``)."""
+    index = torch.zeros(channels, dtype=torch.long, device=kept.device)
+    index[kept.long()] = torch.arange(1, len(kept) + 1, device=kept.device)
+    return index
+
+
 def expand_channels(feature: torch.Tensor, kept: torch.Tensor, channels: int) -> torch.Tensor:
-    """Scatter transmitted channels back into zeros: (N, k, ...) → (N, channels, ...), channel ``i`` → ``kept[i]``."""
-    out = feature.new_zeros((feature.shape[0], channels, *feature.shape[2:]))
-    out[:, kept] = feature
-    return out
+    """Scatter transmitted channels back into zeros: (N, k, ...) → (N, channels, ...), channel ``i`` → ``kept[i]``.
+
+    Written as a gather from the feature with one zero channel put in front, not as a scatter into zeros: the same
+    values, and an exported (ONNX) graph keeps a dynamic batch axis and has no zero-sized tensor."""
+    return _gather_with_zero(feature, expand_index(kept, channels))
+
+
+def _gather_with_zero(feature: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    pad = (0, 0) * (feature.dim() - 2) + (1, 0)  # one zero channel before channel 0 (F.pad lists the last dim first)
+    return F.pad(feature, pad).index_select(1, index)
 
 
 class ActivationMask(nn.Module):
@@ -76,11 +91,14 @@ class Expand(nn.Module):
     """
 
     kept: torch.Tensor
+    index: torch.Tensor
 
     def __init__(self, kept: torch.Tensor, channels: int) -> None:
         super().__init__()
         self.channels = channels
         self.register_buffer("kept", kept.clone().long())
+        # derived from ``kept``, so not saved: checkpoints keep the one buffer they always had
+        self.register_buffer("index", expand_index(self.kept, channels), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return expand_channels(x, self.kept, self.channels)
+        return _gather_with_zero(x, self.index)

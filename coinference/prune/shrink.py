@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from coinference.errors import ConfigError
@@ -30,6 +31,7 @@ class ChannelGather(nn.Module):
 
     dst_index: torch.Tensor
     src_index: torch.Tensor
+    gather_index: torch.Tensor
 
     def __init__(self, src: torch.Tensor, stride: int = 1) -> None:
         super().__init__()
@@ -38,6 +40,8 @@ class ChannelGather(nn.Module):
         self.out_channels = len(src)
         self.register_buffer("dst_index", valid.nonzero().flatten())
         self.register_buffer("src_index", src[valid].long())
+        # input position + 1 per output channel, 0 for a zero channel put in front; derived, so not saved
+        self.register_buffer("gather_index", src.long().clamp_min(-1) + 1, persistent=False)
         self.dense = bool(valid.all())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -45,9 +49,9 @@ class ChannelGather(nn.Module):
             x = x[:, :, :: self.stride, :: self.stride]
         if self.dense:
             return x.index_select(1, self.src_index)
-        out = x.new_zeros((x.shape[0], self.out_channels, *x.shape[2:]))
-        out[:, self.dst_index] = x.index_select(1, self.src_index)
-        return out
+        # a gather from the input with one zero channel in front, not a scatter into zeros: the same values, and an
+        # exported graph has no zero-sized tensor when no channel is carried (all padding) and a dynamic batch axis
+        return F.pad(x, (0, 0, 0, 0, 1, 0)).index_select(1, self.gather_index)
 
 
 def _conv(c: nn.Conv2d, inp: torch.Tensor, out: torch.Tensor) -> nn.Conv2d:

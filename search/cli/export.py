@@ -54,8 +54,9 @@ def export(
     verify_images: Annotated[int, typer.Option(help="Test images the export is verified on (≥ 1).")] = 64,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing export in --out.")] = False,
 ) -> None:
-    """Export the best variant for --bandwidth/--device as TorchScript + ONNX packages, verified by onnxruntime
-    (analog JSCC variants take part given --symbol-rate and --snr, as in `query`)."""
+    """Export the best variant for --bandwidth/--device as a device and a server package (ONNX + runtime codec
+    tables + manifest), verified from the package files alone by onnxruntime and coinference.runtime, also in a
+    fresh process without PyTorch (analog JSCC variants take part given --symbol-rate and --snr, as in `query`)."""
     check_profiles(device, server)
     check_analog(symbol_rate, snr)
     check_min_accuracy(min_accuracy)
@@ -112,7 +113,7 @@ def export(
         uses = rec.measurement.channel_uses
         if uses is not None:  # analog JSCC: the device's output symbols go onto the channel as they are
             extra["analog"] = {"real_channel_uses": uses, "snr_db": analog_snr_db(rec)}
-        images = data.normalize(data.test_x[:verify_images])
+        images = data.test_x[:verify_images].numpy()  # uint8, normalised by the package as a device does
         from search.cli.progress import cli_progress
 
         with cli_progress():
@@ -126,12 +127,18 @@ def export(
         f"{analog_note(symbol_rate, snr)} on {dev.name}: predicted {lat.total_s * 1e3:,.2f} ms, accuracy {best_acc:.4f}"
         + f" ({floor_label(floor)})"
     )
-    bits = f", {report.bits_mean:,.0f} payload bits/image" if report.bits_mean is not None else ""
-    path = "through ONNX and through the bytes path"
+    bits = f"{report.bits_mean:,.0f} payload bits/image"
     if uses is not None:
-        path = f"through ONNX (analog: {uses:,} real channel symbols per image, no bytes path)"
+        bits = f"analog: {uses:,} real channel symbols per image, sent as float32 over a digital link ({bits})"
+    flips = ""
+    if report.symbol_mismatches:
+        flips = (
+            f", {report.symbol_mismatches} of {report.symbols:,} symbols flipped at a rounding boundary "
+            f"({report.flipped_images} images)"
+        )
     con.print(
-        f"verified on {report.images} test images: onnxruntime vs torch max |Δlogit| {report.max_abs_logit_diff:.2g}, "
-        f"predictions identical {path}{bits}"
+        f"verified on {report.images} test images from the package files alone: predictions identical, max |Δlogit| "
+        f"{report.max_abs_logit_diff:.2g} on identical symbols{flips}; {bits}"
     )
+    con.print("verified again in a fresh process without PyTorch (python -m coinference.runtime.verify)")
     con.print(f"manifest: {manifest}")
