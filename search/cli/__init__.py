@@ -31,6 +31,7 @@ from search.cli import encode  # noqa: E402,F401
 from search.cli import show  # noqa: E402,F401
 from search.cli import search  # noqa: E402,F401
 from search.cli import prune  # noqa: E402,F401
+from search.cli import measure  # noqa: E402,F401
 
 
 def _one_line(text: str) -> str:
