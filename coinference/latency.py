@@ -284,6 +284,15 @@ def _unit_bytes(unit: str) -> float | None:
     return _PREFIXES[prefix] / (8.0 if bits else 1.0)
 
 
+def fmt_rate(bytes_per_s: float) -> str:
+    """A rate in bytes/s as a short decimal string: ``40 KB/s``, ``1.8 MB/s`` (the inverse of
+    :func:`parse_bandwidth`, to three significant digits)."""
+    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3)):
+        if bytes_per_s >= scale:
+            return f"{bytes_per_s / scale:.3g} {unit}"
+    return f"{bytes_per_s:.3g} B/s"
+
+
 def parse_bandwidth(text: str | float) -> float:
     """Parse a bandwidth into bytes per second.
 

@@ -10,17 +10,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from coinference.latency import fmt_rate  # defined there, light, for the CLI; kept importable from here
 from storage.pareto import measured, objectives
 from storage.query import BandwidthChoice
 from storage.records import VariantRecord
-
-
-def fmt_rate(bytes_per_s: float) -> str:
-    """A rate in bytes/s as a short decimal string: ``40 KB/s``, ``1.8 MB/s``."""
-    for unit, scale in (("GB/s", 1e9), ("MB/s", 1e6), ("KB/s", 1e3)):
-        if bytes_per_s >= scale:
-            return f"{bytes_per_s / scale:.3g} {unit}"
-    return f"{bytes_per_s:.3g} B/s"
 
 
 def plot_front(

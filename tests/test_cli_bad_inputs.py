@@ -24,12 +24,14 @@ checked tree, ``{db}`` a lookup table of measured variants, ``{xdb}`` a table wh
 ``{text}``/``{zip}``/``{foreign}``/``{pickled}`` a text file, a zip that is no checkpoint, a state dict of another
 model (resnet-digits) and a whole pickled module (which ``weights_only`` loading refuses), ``{nontable}`` an SQLite
 file with someone else's table, ``{newer}`` a lookup table of a newer schema, ``{existing}`` an export folder that
-already exists (inside the checked tree).
+already exists (inside the checked tree), ``{newpkg}`` an export package of a newer format and ``{badpkg}`` one
+whose device and server files do not match their sha256.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -65,6 +67,9 @@ DEVICES = ", ".join(device_names())
 """The device list the help of query/pareto/export shows; an unknown --device must list the same names."""
 
 Expected = str | tuple[str, ...]
+COMMANDS = ("profile", "base", "build", "prune", "encode", "search", "pareto", "query", "export", "show", "measure",
+            "serve", "infer")  # fmt: skip
+"""Every ``coinfer`` command: each has bad-input cases here and is listed by ``--help``."""
 
 # ------------------------------------------------------------------------------------------- command prefixes
 # Small budgets everywhere, so that a bad value that is NOT rejected costs seconds, not minutes, before the case fails.
@@ -78,6 +83,10 @@ PARETO = "pareto --db {db}"
 QUERY = "query --db {db} -b 40KB/s"
 EXPORT = "export --db {xdb} -b 40KB/s --out out"
 SHOW = "show --db {db}"
+MEASURE = "measure --db {xdb} --runs 10 --images 2"
+SERVE = "serve --db {xdb} --port 0"
+INFER = "infer --server 127.0.0.1:1 --package {badpkg}"
+TABLE_INFER = "infer --server 127.0.0.1:1 --db {xdb}"
 
 # The same checkpoint/data-dir problems for every command that loads a model or data.
 MODEL_LOADERS = {"profile": PROFILE, "base": BASE, "build": BUILD, "prune": PRUNE, "encode": ENCODE}
@@ -166,6 +175,98 @@ def _table_option_cases() -> list[tuple[str, str, Expected]]:
             (f"{cmd}-snr-nan", f"{pre} --symbol-rate 1e6 --snr nan", ("--snr", "nan")),
         ]
     return cases
+
+
+def _serve_cases() -> list[tuple[str, str, Expected]]:
+    """``serve`` binds and blocks once its arguments pass: a bad value it failed to refuse would hang, so these run
+    in a subprocess with a timeout."""
+    return [
+        ("serve-port-negative", f"{SERVE} --port -1", "-1"),
+        ("serve-port-too-big", "serve --db {xdb} --port 70000", "70000"),
+        ("serve-port-word", "serve --db {xdb} --port http", "http"),
+        ("serve-host-not-an-address", f"{SERVE} --host example.invalid", "example.invalid"),
+        ("serve-host-not-this-machine", f"{SERVE} --host 192.0.2.1", "192.0.2.1"),
+        ("serve-max-payload-0", f"{SERVE} --max-payload 0", ("--max-payload", "0")),
+        ("serve-max-payload-over-32-bits", f"{SERVE} --max-payload 5000000000", "5000000000"),
+        ("serve-timeout-0", f"{SERVE} --timeout 0", ("--timeout", "0")),
+        ("serve-timeout-negative", f"{SERVE} --timeout -1", "-1"),
+        ("serve-timeout-nan", f"{SERVE} --timeout nan", "nan"),
+        ("serve-package-missing", "serve --package {fx}/nopkg --port 0", "nopkg"),
+        ("serve-package-a-file", "serve --package {file} --port 0", "file.txt"),
+        ("serve-package-not-a-package", "serve --package {fx} --port 0", "no manifest.json"),
+        ("serve-package-newer-format", "serve --package {newpkg} --port 0", ("newer", "upgrade coinference")),
+        ("serve-package-altered", "serve --package {badpkg} --port 0", ("server/server.onnx", "sha256")),
+        ("serve-package-with-db", "serve --package {badpkg} --db {xdb} --port 0", ("--package", "--db")),
+        ("serve-package-with-device", "serve --package {badpkg} --device mcu --port 0", ("--package", "--device")),
+        ("serve-device-unknown", f"{SERVE} --device toaster", ("toaster", DEVICES)),
+        ("serve-server-unknown", f"{SERVE} --server dgx", "dgx"),
+        ("serve-min-accuracy-2", f"{SERVE} --min-accuracy 2", "2"),
+        ("serve-min-accuracy-unreached", f"{SERVE} --min-accuracy 0.99", ("0.99", "accuracy floor")),
+        ("serve-fidelity-unknown", f"{SERVE} --fidelity medium", "medium"),
+        ("serve-data-dir-missing", f"{SERVE} --data-dir {{fx}}/nodata", "nodata"),
+        ("serve-db-missing-file", "serve --db sqlite:///{fx}/nothere.db --port 0", "nothere.db"),
+        ("serve-db-newer-schema", "serve --db sqlite:///{newer} --port 0", "newer.db"),
+        ("serve-name-escapes-up", "serve --name ../../escape --port 0", "../../escape"),
+        ("serve-default-table-missing", "serve --name nosuchrun --port 0", "nosuchrun"),
+    ]
+
+
+def _infer_cases() -> list[tuple[str, str, Expected]]:
+    """``infer``: every argument checked before the packages are read (so with {badpkg} an unrefused bad value
+    shows as a sha256 error, not as the value), and the server reached before a table's packages are exported."""
+    return [
+        ("infer-server-missing", "infer --package {badpkg}", "--server"),
+        ("infer-server-no-port", "infer --server localhost --package {badpkg}", "localhost"),
+        ("infer-server-port-word", "infer --server 127.0.0.1:http --package {badpkg}", "127.0.0.1:http"),
+        ("infer-server-port-0", "infer --server 127.0.0.1:0 --package {badpkg}", "127.0.0.1:0"),
+        ("infer-server-port-too-big", "infer --server 127.0.0.1:70000 --package {badpkg}", "127.0.0.1:70000"),
+        ("infer-server-no-host", "infer --server :8765 --package {badpkg}", ":8765"),
+        ("infer-server-unreachable", f"{TABLE_INFER} --limit 2", ("127.0.0.1:1", "cannot reach")),
+        ("infer-package-missing", "infer --server 127.0.0.1:1 --package {fx}/nopkg", "nopkg"),
+        ("infer-package-a-file", "infer --server 127.0.0.1:1 --package {file}", "file.txt"),
+        ("infer-package-not-a-package", "infer --server 127.0.0.1:1 --package {fx}", "no manifest.json"),
+        ("infer-package-newer-format", "infer --server 127.0.0.1:1 --package {newpkg}", ("newer", "upgrade")),
+        ("infer-package-altered", INFER, ("device/device.onnx", "sha256")),
+        ("infer-package-with-db", f"{INFER} --db {{xdb}}", ("--package", "--db")),
+        ("infer-package-with-server-profile", f"{INFER} --server-profile local", "--server-profile"),
+        ("infer-limit-0", f"{INFER} --limit 0", ("--limit", "0")),
+        ("infer-limit-negative", f"{INFER} --limit -3", "-3"),
+        ("infer-bandwidth-word", f"{INFER} -b fast", "fast"),
+        ("infer-bandwidth-0", f"{INFER} -b 0", ("bandwidth", "0")),
+        ("infer-bandwidth-inf", f"{INFER} -b inf", ("inf", "!must be > 0")),
+        ("infer-rtt-without-bandwidth", f"{INFER} --rtt 0.01", ("--rtt", "--bandwidth")),
+        ("infer-rtt-negative", f"{INFER} -b 40KB/s --rtt -1", "-1"),
+        ("infer-rtt-nan", f"{INFER} -b 40KB/s --rtt nan", "nan"),
+        ("infer-wait-negative", f"{INFER} --wait -1", ("--wait", "-1")),
+        ("infer-wait-nan", f"{INFER} --wait nan", "nan"),
+        ("infer-adaptive-takes-no-value", f"{INFER} --adaptive yes", "yes"),
+        ("infer-dataset-unknown", f"{INFER} --dataset imagenet", "imagenet"),
+        ("infer-cifar10-without-data-dir", f"{INFER} --dataset cifar10", "--data-dir"),
+        ("infer-data-dir-missing", f"{INFER} --dataset cifar10 --data-dir {{fx}}/nodata", "nodata"),
+        ("infer-images-missing", f"{INFER} --images {{missing}}", "missing.pt"),
+        ("infer-images-not-numpy", f"{INFER} --images {{text}}", "weights.txt"),
+        ("infer-images-with-dataset", f"{INFER} --images {{text}} --dataset digits", ("--images", "--dataset")),
+        ("infer-device-unknown", f"{TABLE_INFER} --device toaster", ("toaster", DEVICES)),
+        ("infer-server-profile-unknown", f"{TABLE_INFER} --server-profile dgx", "dgx"),
+        ("infer-min-accuracy-2", f"{TABLE_INFER} --min-accuracy 2", "2"),
+        ("infer-min-accuracy-unreached", f"{TABLE_INFER} --min-accuracy 0.99", ("0.99", "accuracy floor")),
+        ("infer-fidelity-unknown", f"{TABLE_INFER} --fidelity medium", "medium"),
+        ("infer-db-missing-file", "infer --server 127.0.0.1:1 --db sqlite:///{fx}/nothere.db", "nothere.db"),
+        ("infer-name-escapes-up", "infer --server 127.0.0.1:1 --name ../../escape", "../../escape"),
+    ]
+
+
+def _measure_cases() -> list[tuple[str, str, Expected]]:
+    return [
+        ("measure-runs-5", "measure --db {xdb} --runs 5", ("--runs", "5")),
+        ("measure-images-0", f"{MEASURE} --images 0", ("--images", "0")),
+        ("measure-key-unknown", f"{MEASURE} --key ffffffff", "ffffffff"),
+        ("measure-fidelity-unknown", f"{MEASURE} --fidelity medium", "medium"),
+        ("measure-data-dir-missing", f"{MEASURE} --data-dir {{fx}}/nodata", "nodata"),
+        ("measure-db-missing-file", "measure --db sqlite:///{fx}/nothere.db", "nothere.db"),
+        ("measure-db-not-a-lookup-table", "measure --db sqlite:///{nontable}", "nontable.db"),
+        ("measure-name-escapes-up", "measure --name ../../escape", "../../escape"),
+    ]
 
 
 CASES: list[tuple[str, str, Expected]] = [
@@ -361,11 +462,15 @@ CASES: list[tuple[str, str, Expected]] = [
     ("show-db-not-a-lookup-table", "show 3d64 --db sqlite:///{nontable}", "nontable.db"),
     ("show-db-malformed-url", "show 3d64 --db ::nope::", "::nope::"),
     ("show-default-table-missing", "show 3d64 --name nosuchrun", "nosuchrun"),
+    # ------------------------------------------------------------------------------------------ measure, infer
+    *_measure_cases(),
+    *_infer_cases(),
 ]
 
 SUBPROCESS_CASES: list[tuple[str, str, Expected]] = [
     ("search-ray-num-cpus-0", f"{SEARCH} --searcher ray --num-cpus 0", "0"),
     ("search-ray-num-cpus-negative", f"{SEARCH} --searcher ray --num-cpus -2", "-2"),
+    *_serve_cases(),
 ]
 
 
@@ -393,7 +498,18 @@ def fixture_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     arts = write_artifacts(d / "artifacts")
     with open_table(f"sqlite:///{d / 'export.db'}") as t:
         t.record_ok(SPEC, MEAS, "r1", arts)
-    return {p.name: p for p in d.iterdir() if p.is_file()}
+    header = {"format": "coinference.package", "format_version": 2}
+    (d / "newpkg").mkdir()
+    (d / "newpkg" / "manifest.json").write_text(json.dumps({**header, "format_version": 99, "files": {}}))
+    files = {
+        "device/device.onnx": {"sha256": "0" * 64, "bytes": 4},
+        "server/server.onnx": {"sha256": "0" * 64, "bytes": 4},
+    }
+    for rel in files:
+        (d / "badpkg" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (d / "badpkg" / rel).write_bytes(b"onnx")
+    (d / "badpkg" / "manifest.json").write_text(json.dumps({**header, "files": files}))
+    return {p.name: p for p in d.iterdir() if p.is_file() or p.name in ("newpkg", "badpkg")}
 
 
 def tree(root: Path) -> dict[str, tuple[str, ...]]:
@@ -422,7 +538,10 @@ class Workspace:
         self.fx = tmp_path / "fx"
         self.fx.mkdir()
         for name, src in files.items():
-            shutil.copy(src, self.fx / name)
+            if src.is_dir():
+                shutil.copytree(src, self.fx / name)
+            else:
+                shutil.copy(src, self.fx / name)
         existing = self.root / "existing-export"
         existing.mkdir()
         (existing / "manifest.json").write_text('{"note": "an earlier export"}\n')
@@ -440,6 +559,8 @@ class Workspace:
             "{nontable}": str(self.fx / "nontable.db"),
             "{newer}": str(self.fx / "newer.db"),
             "{existing}": str(existing),
+            "{newpkg}": str(self.fx / "newpkg"),
+            "{badpkg}": str(self.fx / "badpkg"),
         }
         self.before = self.snapshot()
 
@@ -596,7 +717,7 @@ def test_case_ids_are_unique_and_cover_every_command() -> None:
     assert len(ids) == len(set(ids))
     assert len(ids) >= 150
     commands = {shlex.split(c)[0] for _, c, _ in CASES + SUBPROCESS_CASES}
-    expected = {"profile", "base", "build", "prune", "encode", "search", "pareto", "query", "export", "show"}
+    expected = set(COMMANDS)
     assert expected <= commands
 
 
@@ -612,7 +733,7 @@ def test_harness_passes_a_good_command(
 def test_help_and_an_argument_error_in_a_subprocess(tmp_path: Path) -> None:
     code, out, err = run_subprocess(["--help"], tmp_path)
     assert code == 0, err
-    for cmd in ("profile", "base", "build", "prune", "encode", "search", "pareto", "query", "export", "show"):
+    for cmd in COMMANDS:
         assert cmd in out
     code, _, err = run_subprocess(["profile", "--model", "vgg16"], tmp_path)
     check(code, err, "vgg16", None, "coinfer profile --model vgg16 (subprocess)")

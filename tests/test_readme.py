@@ -1,10 +1,14 @@
 """The README runs as written: `make demo`'s command, then every command of the README's "After `make demo`" block,
-in order, each in a fresh process in a clean folder, each exiting 0 and printing what the README says it prints."""
+in order, each in a fresh process in a clean folder, each exiting 0 and printing what the README says it prints;
+then its deploy block (a server in the background, two clients, SIGTERM) as one bash script."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +30,26 @@ EXPECTED = {
 }
 
 
-def readme_block(text: str) -> list[str]:
-    """The commands of the README's block after the ``<!-- after-demo -->`` marker (comments stripped)."""
-    block = text.split("<!-- after-demo -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+# The deploy block, line by line, and what its script as a whole must print (the server's lines and both clients').
+DEPLOY = [
+    "coinfer serve --device mcu --port 8765 &",
+    "coinfer infer --server 127.0.0.1:8765 --device mcu --limit 50 --wait 600",
+    "coinfer infer --server 127.0.0.1:8765 --device mcu --limit 50 --bandwidth 40KB/s",
+    "kill %1 && wait %1",
+]
+DEPLOY_PRINTS = {
+    "variants on 127.0.0.1:8765": 1,  # serving N variants on …
+    "edge server stopped": 1,
+    "50 images (digits test split) via 127.0.0.1:8765": 2,
+    "shaped to 40 KB/s": 1,
+    "the table's query at 40 KB/s on mcu": 1,  # the prediction for the variant used
+    "bytes per request on the wire": 2,
+}
+
+
+def readme_block(text: str, marker: str = "after-demo") -> list[str]:
+    """The commands of the README's block after the ``<!-- MARKER -->`` marker (comments stripped)."""
+    block = text.split(f"<!-- {marker} -->", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
     return [line.split("  #", 1)[0].strip() for line in block.strip().splitlines() if line.strip()]
 
 
@@ -41,6 +62,7 @@ def demo_command(makefile: str) -> str:
 def test_readme_block_is_known() -> None:
     cmds = readme_block((ROOT / "README.md").read_text())
     assert [c.removeprefix(".venv/bin/") for c in cmds] == list(EXPECTED)
+    assert [c.removeprefix(".venv/bin/") for c in readme_block((ROOT / "README.md").read_text(), "deploy")] == DEPLOY
     assert demo_command((ROOT / "Makefile").read_text()) == ".venv/bin/coinfer search"
 
 
@@ -72,3 +94,20 @@ def test_readme_runs_as_written_after_the_demo(tmp_path: Path) -> None:
     manifest = json.loads((tmp_path / "runs" / "export" / "manifest.json").read_text())
     best = sh(".venv/bin/coinfer query --bandwidth 40KB/s --device mcu --key").strip()
     assert re.fullmatch(r"[0-9a-f]{64}", best) and manifest["spec"]["key"] == best
+
+    # the deploy block as one script: the server in the background, two clients, then SIGTERM and its exit code
+    script = "\n".join(readme_block((ROOT / "README.md").read_text(), "deploy"))
+    proc = subprocess.Popen(
+        ["bash", "-c", script], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        out, err = proc.communicate(timeout=3600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a server left behind by a failed script
+    assert proc.returncode == 0, (out[-3000:], err[-3000:])  # `wait %1`: the server's exit code after SIGTERM
+    assert "Traceback" not in err and "coinfer: error" not in err, err[-3000:]
+    for text, count in DEPLOY_PRINTS.items():
+        assert out.count(text) == count, (text, out[-4000:])
+    assert (tmp_path / "runs" / "search" / "exports").is_dir()

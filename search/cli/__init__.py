@@ -32,6 +32,8 @@ from search.cli import show  # noqa: E402,F401
 from search.cli import search  # noqa: E402,F401
 from search.cli import prune  # noqa: E402,F401
 from search.cli import measure  # noqa: E402,F401
+from search.cli import serve  # noqa: E402,F401
+from search.cli import infer  # noqa: E402,F401
 
 
 def _one_line(text: str) -> str:
