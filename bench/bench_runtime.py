@@ -15,10 +15,13 @@ the reply frame's bytes / rate join the prediction). Per rate of ``--rates``:
   to end time (image → class) against the prediction ``device_s + server_s + (bits_mean / 8 + HEADER_BYTES) / rate``:
   the latency model (``end_to_end``) with the stored ``local`` times and the transmission of what is framed on the
   wire, the 32-byte frame header (``wire.HEADER_BYTES``) in place of the model's bitstream header (``header_bits``).
-  Check: within 10 %. The raw model figure (what ``coinfer query`` prints) is shown beside it. Costs the model does
-  not know are measured and reported, never folded into the check: the compute inside the requests against the
-  stored (back-to-back) timings, the link overhead (transfer − shaped delay, from the same requests: socket,
-  framing, asyncio, thread hand-off, wake-ups after the shaper's sleep), and ``time.sleep``'s overshoot.
+  Check: within 10 %. The raw model figure (what ``coinfer query`` prints) is shown beside it. The stored server
+  time (``coinfer measure``) is what the device waits for once its bytes are sent on an unshaped loopback link: a
+  request's round trip to the edge server (framing, sockets, event loop, decoding, the server part, the reply).
+  What else the requests cost is measured and reported, never folded into the check: the compute inside the
+  requests against the stored timings, the link overhead (transfer − shaped delay: socket, framing, asyncio,
+  thread hand-off, wake-ups after the shaper's sleep; its unshaped part is in the stored server time), and
+  ``time.sleep``'s overshoot.
 * **bytes**: mean request frame over the requests ≤ ``bits_mean / 8 + 32``; every frame is payload + 32; and the
   package re-encodes the images the table counted its bits on (its validation images) to ``bits_mean / 8`` — so a
   gap on the test images is the images', not the framing's.
@@ -443,13 +446,15 @@ def report(rows: list[dict], sw: dict, macs: list[dict], a: argparse.Namespace, 
         f"  predicted ms = the same with what is framed on the wire: (bits_mean / 8 + {HEADER_BYTES} B frame header"
         + (f" + {rows[0]['reply_bytes']:.0f} B reply" if a.shape_replies else "")
         + ") / rate in place of its transmission; check: |measured / predicted − 1| ≤ 10 %.\n"
-        "  Not in the prediction, measured apart: Δdevice, Δserver = median device part + coder and server compute "
-        "inside the requests − the stored times;\n  link overhead = median (transfer − shaped bytes / rate), "
+        "  stored server = an unshaped loopback request's round trip (coinfer measure), so it holds the unshaped "
+        "link overhead;\n  measured apart: Δdevice, Δserver = median device part + coder and server compute inside "
+        "the requests − the stored times (Δserver < 0: the stored time is a round trip);\n  link overhead = "
+        "median (transfer − shaped bytes / rate), "
         "transfer = round trip − the server's compute (socket, framing, asyncio, thread hand-off, wake-ups after "
         "the shaper's sleep);\n  sleep + = time.sleep's median overshoot of the shaped delay; rebuilt = measured "
-        "device + server + predicted transmission + link overhead;\n  last column: an explicit correction, not the "
-        "check: measured / (predicted + the median transfer of unshaped loopback requests, the 'unshaped overhead' "
-        "below)."
+        "device + server + predicted transmission + link overhead;\n  last column: measured / (predicted + the "
+        "median transfer of this run's unshaped loopback requests, the 'unshaped overhead' below), which counts "
+        "that overhead twice now that the stored server time holds it: for comparison with runs before that."
     )
     table(
         [[fmt_rate(r["rate_bytes_per_s"]), r["key"][:12], r["variant"], f3(r["model_ms"]), f3(r["predicted_ms"]),

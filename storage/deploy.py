@@ -6,7 +6,8 @@ machine in the runtime they are deployed with.
 - :func:`ensure_export`: a variant's verified package under ``<home>/exports/<key[:16]>``, written once and reused
   while its files still match their manifest.
 - :func:`time_package` / :func:`measure_local`: median seconds per image of the device side (pre-processing, the
-  device part, entropy coding) and the server side (entropy decoding, the server part) in ``coinference.runtime``
+  device part, entropy coding) and the server side as the device waits for it (a loopback request to the edge
+  server: framing, sockets, entropy decoding, the server part, the reply) in ``coinference.runtime``
   (onnxruntime, one thread, batch 1), stored as the variant's ``local`` timings.
 """
 
@@ -109,15 +110,28 @@ def _median_seconds(fn: Callable[[Any], object], inputs: Sequence[Any], runs: in
 
 
 def time_package(package: Path, images: np.ndarray, runs: int = TIMING_RUNS) -> tuple[float, float]:
-    """(device seconds, server seconds) per image, medians over ``runs`` images (uint8 (N, C, H, W), cycled):
-    the device side from a uint8 image to payload bytes, the server side from the bytes to logits, each in
-    ``coinference.runtime`` on one onnxruntime thread."""
+    """(device seconds, server seconds) per image, medians over ``runs`` images (uint8 (N, C, H, W), cycled), as
+    deployed, one onnxruntime thread each side:
+
+    - device: ``DeviceRunner.encode`` (uint8 image → payload bytes), back to back;
+    - server: what the device waits for once its bytes are sent, with no link delay: a request to an
+      :class:`~coinference.runtime.server.EdgeServer` on loopback running the package's ``ServerRunner``, round
+      trip included (framing, sockets, the server's event loop and worker hand-off, entropy decoding, the server
+      part, the reply). On a real link the transmission of the framed bytes and the link's RTT come on top.
+    """
     from coinference.runtime import DeviceRunner, ServerRunner
+    from coinference.runtime.client import EdgeClient
+    from coinference.runtime.server import EdgeServer, ServerConfig, in_background
 
     dev, srv = DeviceRunner(package), ServerRunner(package)
     payloads = [dev.encode(img) for img in images[: min(len(images), runs)]]
     device_s = _median_seconds(dev.encode, list(images), runs)
-    server_s = _median_seconds(srv.decode, payloads, runs)
+    key = dev.package.key or dev.package.variant_id
+    with (
+        in_background(EdgeServer({key: srv}, ServerConfig(workers=1))) as server,
+        EdgeClient("127.0.0.1", server.port) as client,
+    ):
+        server_s = _median_seconds(lambda p: client.infer(key, p), payloads, runs)
     return device_s, server_s
 
 
