@@ -465,7 +465,8 @@ def report(rows: list[dict], sw: dict, macs: list[dict], a: argparse.Namespace, 
         ["rate", "variant", "split, codec", "model ms", "predicted ms", "measured ms", "ratio", "check",
          "Δdevice", "Δserver", "link overhead", "sleep +", "rebuilt ms", "ratio to predicted + unshaped overhead"],
     )  # fmt: skip
-    print("\nparts (ms): stored local timings (coinfer measure: back-to-back runs) and medians inside the requests")
+    print("\nparts (ms): stored local timings (coinfer measure: unshaped loopback requests) and medians inside the "
+          "shaped requests")  # fmt: skip
     table(
         [[fmt_rate(r["rate_bytes_per_s"]), f3(r["stored_device_ms"]), f3(r["measured_device_ms"]),
           f3(r["stored_server_ms"]), f3(r["measured_server_ms"]), f3(r["predicted_transmit_ms"]),

@@ -17,7 +17,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,42 +97,40 @@ def ensure_export(
     return out, True
 
 
-def _median_seconds(fn: Callable[[Any], object], inputs: Sequence[Any], runs: int) -> float:
-    for i in range(TIMING_WARMUP):
-        fn(inputs[i % len(inputs)])
-    times = []
-    for i in range(runs):
-        x = inputs[i % len(inputs)]
-        t0 = time.perf_counter()
-        fn(x)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def time_package(package: Path, images: np.ndarray, runs: int = TIMING_RUNS) -> tuple[float, float]:
-    """(device seconds, server seconds) per image, medians over ``runs`` images (uint8 (N, C, H, W), cycled), as
-    deployed, one onnxruntime thread each side:
+    """(device seconds, server seconds) per image, medians over ``runs`` images (uint8 (N, C, H, W), cycled),
+    timed the way a device runs: one image after another, each encoded, sent and answered before the next, one
+    onnxruntime thread each side (back-to-back loops of one side alone run warmer than that and read low):
 
-    - device: ``DeviceRunner.encode`` (uint8 image → payload bytes), back to back;
-    - server: what the device waits for once its bytes are sent, with no link delay: a request to an
-      :class:`~coinference.runtime.server.EdgeServer` on loopback running the package's ``ServerRunner``, round
-      trip included (framing, sockets, the server's event loop and worker hand-off, entropy decoding, the server
-      part, the reply). On a real link the transmission of the framed bytes and the link's RTT come on top.
+    - device: ``DeviceRunner.encode`` (uint8 image → payload bytes);
+    - server: what the device waits for once its bytes are sent, with no link delay: the request's round trip to an
+      :class:`~coinference.runtime.server.EdgeServer` on loopback running the package's ``ServerRunner`` (framing,
+      sockets, the server's event loop and worker hand-off, entropy decoding, the server part, the reply). On a
+      real link the transmission of the framed bytes and the link's RTT come on top.
     """
     from coinference.runtime import DeviceRunner, ServerRunner
     from coinference.runtime.client import EdgeClient
     from coinference.runtime.server import EdgeServer, ServerConfig, in_background
 
     dev, srv = DeviceRunner(package), ServerRunner(package)
-    payloads = [dev.encode(img) for img in images[: min(len(images), runs)]]
-    device_s = _median_seconds(dev.encode, list(images), runs)
     key = dev.package.key or dev.package.variant_id
+    device: list[float] = []
+    server: list[float] = []
     with (
-        in_background(EdgeServer({key: srv}, ServerConfig(workers=1))) as server,
-        EdgeClient("127.0.0.1", server.port) as client,
+        in_background(EdgeServer({key: srv}, ServerConfig(workers=1))) as edge,
+        EdgeClient("127.0.0.1", edge.port) as client,
     ):
-        server_s = _median_seconds(lambda p: client.infer(key, p), payloads, runs)
-    return device_s, server_s
+        for i in range(TIMING_WARMUP + runs):
+            image = images[i % len(images)]
+            t0 = time.perf_counter()
+            payload = dev.encode(image)
+            t1 = time.perf_counter()
+            client.infer(key, payload)
+            t2 = time.perf_counter()
+            if i >= TIMING_WARMUP:
+                device.append(t1 - t0)
+                server.append(t2 - t1)
+    return statistics.median(device), statistics.median(server)
 
 
 def runtime_label() -> str:
