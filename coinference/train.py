@@ -236,6 +236,41 @@ def packed_distillation(
     return loss_fn
 
 
+FitLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``loss_fn(logits, targets, images)`` of :func:`fit`."""
+
+
+def teacher_targets(
+    data: ImageData,
+    cfg: TrainConfig,
+    alpha: float,
+    teacher: nn.Module | None = None,
+    teacher_logits: torch.Tensor | None = None,
+) -> tuple[FitLoss | None, Iterator[tuple[torch.Tensor, torch.Tensor]] | None]:
+    """(``loss_fn``, ``batches``) for :func:`fit` of a fine-tune distilled (weight ``alpha``) from an unpruned
+    teacher: its precomputed ``teacher_logits`` on every training image when given (unaugmented batches of
+    :func:`pack_targets` targets, drawn by ``cfg.seed``; the teacher is never run), else ``teacher`` run on each
+    batch, else (None, None): labels only, ``fit``'s own batches."""
+    if teacher_logits is not None:
+        logits = teacher_logits
+
+        def cached() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for idx in training_indices(data, cfg, torch.Generator().manual_seed(cfg.seed)):
+                yield data.normalize(data.train_x[idx]), pack_targets(data.train_y[idx], logits[idx])
+
+        return packed_distillation(alpha), cached()
+    if teacher is not None:
+        model = teacher
+
+        def distilled(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                target = model(x)
+            return distillation_loss(logits, y, target, alpha)
+
+        return distilled, None
+    return None, None
+
+
 def fit(
     model: nn.Module,
     data: ImageData,

@@ -174,19 +174,19 @@ def test_cli_bad_input_exit_code_2(run_cli, args: tuple[str, ...], message: str)
 
 
 def test_distillation_from_the_unpruned_model(synthetic, digits_net, monkeypatch: pytest.MonkeyPatch) -> None:
-    import coinference.prune.incremental as inc
+    import coinference.train as train_mod  # where the pruning phase's distillation loss is looked up
 
     with pytest.raises(ConfigError, match="distill must be in \\[0, 1\\], got 1.5"):
         PruneConfig(0.5, distill=1.5)
     seen: list[tuple[int, ...]] = []
-    real = inc.distillation_loss
+    real = train_mod.distillation_loss
 
     def spy(logits, y, teacher, alpha, *a):
         seen.append(tuple(teacher.shape))
         assert alpha == 1.0 and not teacher.requires_grad
         return real(logits, y, teacher, alpha, *a)
 
-    monkeypatch.setattr(inc, "distillation_loss", spy)
+    monkeypatch.setattr(train_mod, "distillation_loss", spy)
     before = {k: v.clone() for k, v in digits_net.state_dict().items()}
     kd = prune_device(digits_net, "layer1.1", synthetic, PruneConfig(0.5, train=TRAIN, distill=1.0))
     assert len(seen) == sum(h.steps for h in kd.history) and set(seen) == {(32, 4)}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -35,12 +34,9 @@ from coinference.prune.schedule import Schedule, as_schedule, check_sparsity
 from coinference.train import (
     StepHooks,
     TrainConfig,
-    distillation_loss,
     fit,
-    pack_targets,
-    packed_distillation,
     resolve_augment,
-    training_indices,
+    teacher_targets,
 )
 from coinference.zoo.base import SplitPoint, SplittableModel
 
@@ -152,17 +148,6 @@ def prune_device(
     def forward(x: torch.Tensor) -> torch.Tensor:
         return tail(amask(head(x)))
 
-    def distilled(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        assert teacher is not None
-        with torch.no_grad():
-            target = teacher(x)
-        return distillation_loss(logits, y, target, cfg.distill)
-
-    def cached(train: TrainConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        assert teacher_logits is not None
-        for idx in training_indices(data, train, torch.Generator().manual_seed(train.seed)):
-            yield data.normalize(data.train_x[idx]), pack_targets(data.train_y[idx], teacher_logits[idx])
-
     history: list[IterationLog] = []
     transmitted = torch.ones(fg.channels, dtype=torch.bool)
     for i, (s_i, a_i) in enumerate(plan):
@@ -172,12 +157,7 @@ def prune_device(
         amask.scale.copy_(transmitted.float())
         if cfg.train is not None:
             train = replace(cfg.train, steps=per_iter, seed=cfg.train.seed + i)
-            loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-            batches = None
-            if teacher_logits is not None:
-                loss, batches = packed_distillation(cfg.distill), cached(train)
-            elif teacher is not None:
-                loss = distilled
+            loss, batches = teacher_targets(data, train, cfg.distill, teacher, teacher_logits)
             res = fit(
                 model,
                 data,

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -49,13 +49,10 @@ from coinference.prune.schedule import check_sparsity
 from coinference.train import (
     StepHooks,
     TrainConfig,
-    distillation_loss,
     fit,
-    pack_targets,
-    packed_distillation,
     resolve_augment,
+    teacher_targets,
     training_batches,
-    training_indices,
 )
 from coinference.zoo.base import SplitPoint, SplittableModel, split_model
 
@@ -216,27 +213,11 @@ def two_step_prune(
     rounds, round_steps, total = cfg.step_budget(f0, len(data.train_x))
     spent = [0]
 
-    def distilled(logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        assert teacher is not None
-        with torch.no_grad():
-            target = teacher(x)
-        return distillation_loss(logits, y, target, cfg.distill)
-
-    def cached(train: TrainConfig) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        assert teacher_logits is not None
-        for idx in training_indices(data, train, torch.Generator().manual_seed(train.seed)):
-            yield data.normalize(data.train_x[idx]), pack_targets(data.train_y[idx], teacher_logits[idx])
-
     def tune(i: int, steps: int, what: str, forward: nn.Module | None = None) -> tuple[int, float, float]:
         if steps <= 0:
             return 0, math.nan, 0.0
         train = replace(tune_cfg, steps=steps, seed=tune_cfg.seed + i)
-        loss: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-        source = None
-        if teacher_logits is not None:
-            loss, source = packed_distillation(cfg.distill), cached(train)
-        elif teacher is not None:
-            loss = distilled
+        loss, source = teacher_targets(data, train, cfg.distill, teacher, teacher_logits)
         r = fit(
             model,
             data,
