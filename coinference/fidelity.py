@@ -1,4 +1,5 @@
-"""Fidelity presets: the same variant spec trained at smoke (tests), fast (CPU searches) or full (GPU) budgets."""
+"""Fidelity presets: the same variant spec trained at smoke (tests), screen (the cheap rung of a multi-fidelity
+search), fast (CPU searches) or full (GPU) budgets."""
 
 from __future__ import annotations
 
@@ -60,6 +61,22 @@ for _f in (
         TrainConfig(steps=6, batch_size=16, lr=0.01, optimizer="adam", weight_decay=0.0),
         eval_limit=64,
         bits_limit=16,
+    ),
+    Fidelity(
+        "screen",
+        # the cheap rung of a multi-fidelity search below `fast`: the same phases, base teacher and evaluation
+        # split at about a quarter of the training and half the evaluation (its rank agreement with `fast` on
+        # validation accuracy is measured by bench/build_reference.py)
+        TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
+        TrainConfig(steps=25, batch_size=64, lr=0.01, schedule="cosine", augment="none"),
+        TrainConfig(steps=40, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0, subset=5120),
+        eval_limit=1000,
+        bits_limit=200,
+        codec_tail=True,
+        prune_distill=0.9,
+        base_teacher=True,
+        codec_temperature=8.0,
+        classifier_temperature=2.0,
     ),
     Fidelity(
         "fast",

@@ -17,7 +17,8 @@ CODEBOOKS = ("channel", "shared")
 """Scalar-quantizer codebooks: one per latent channel, or one shared (the paper's)."""
 
 CODEC_KINDS = ("none", "huffman", "sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp")
-FIDELITIES = ("smoke", "fast", "full")
+FIDELITIES = ("smoke", "screen", "fast", "full")
+"""Training budget presets, cheapest first (the order a multi-fidelity ladder climbs)."""
 SCHEDULES = ("cubic", "step")
 PRUNING_METHODS = ("incremental", "two-step")
 SPEC_VERSION = 1
@@ -127,7 +128,7 @@ class VariantSpec:
     codec: CodecSpec = field(default_factory=CodecSpec)
     """Feature coding."""
     fidelity: str = "fast"
-    """Training budget preset: smoke, fast or full."""
+    """Training budget preset: smoke, screen, fast or full."""
     seed: int = 0
     """Seed of every random choice in building the variant."""
     val_size: int | None = None

@@ -38,7 +38,7 @@ class SearchConfig:
     data_dir: Path | None = None
     """Folder of a file-backed data set."""
     fidelity: str = "fast"
-    """Training budget preset of every variant: smoke, fast or full."""
+    """Training budget preset of every variant: smoke, screen, fast or full."""
     db: str | None = None
     """Lookup table URL (default: $COINFER_DB, else sqlite:///runs/<name>/lookup.db)."""
     name: str = "search"

@@ -47,7 +47,7 @@ def build(
     bits: Annotated[int, typer.Option(help="Quantizer bits per symbol.")] = 2,
     snr: Annotated[float | None, typer.Option(help="AWGN SNR in dB (jscc-awgn, bottlenetpp).")] = None,
     p: Annotated[float | None, typer.Option(help="BSC flip probability (jscc-bsc).")] = None,
-    fidelity: Annotated[str, typer.Option(help="Budget preset: smoke, fast or full.")] = "fast",
+    fidelity: Annotated[str, typer.Option(help=f"Budget preset: {', '.join(FIDELITIES)}.")] = "fast",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     val_size: ValSizeOpt = None,
     cache_dir: Annotated[Path, typer.Option(help="Cache of pruned parts, measurements, artifacts.")] = Path(
