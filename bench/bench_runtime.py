@@ -35,7 +35,14 @@ left in the transfer) pushes it across. The table is the first with two variants
 local/local with the floor, rpi3, mcu (MAC-based device times, rtx2080ti server), the same without a floor — and a
 boundary whose frames take ≥ 5× the link overhead at the faster rate, else the estimate measures the overhead, not
 the rate (failing that, the boundary whose frames take longest; the output says which and why). Last, how far
-MACs ÷ MAC/s (``calibrate_local``) is from each timed variant's device time. Nothing gates on a wall-clock time:
+MACs ÷ MAC/s (``calibrate_local``) is from each timed variant's device time.
+
+The process pins itself (every thread, and those it starts: onnxruntime, the edge server) to one CPU (``--cpu``;
+``-1``: not pinned): client and server hand each request back and forth, and on two CPUs every hand-off after a
+shaped wait wakes an idle — on a virtual machine, halted — CPU, 0.1–0.3 ms that neither a device nor an edge server
+on its own machine pays. Time the variants in the pinned process (``--remeasure``) so that the stored ``local``
+timings are taken as the requests run. ``--fidelity`` keeps the variants of one fidelity (a multi-fidelity table
+holds every rung). Nothing gates on a wall-clock time:
 the checks are printed and written with every request to ``<out>/runtime.json``.
 
     .venv/bin/python bench/bench_runtime.py --db runs/search
@@ -46,9 +53,11 @@ the checks are printed and written with every request to ``<out>/runtime.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -199,6 +208,20 @@ def run_requests(
             if i >= 0:
                 out.append(rec)
     return out
+
+
+def pin_to(cpu: int) -> None:
+    """Run every thread of this process, and every thread it starts later, on ``cpu``.
+
+    The device client and the edge server of this bench share one machine and hand each request back and forth;
+    on two CPUs every hand-off after a shaped wait wakes an idle (on a virtual machine: halted) CPU, which costs
+    0.1–0.3 ms that neither a device nor an edge server of its own pays. On one CPU the waiting side's CPU is the
+    running side's, as on two machines that are each busy with their own part.
+    """
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(tid), {cpu})
+    os.sched_setaffinity(0, {cpu})
 
 
 def sleep_overshoot_s(seconds: float, n: int = 20) -> float:
@@ -550,15 +573,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--shape-replies", action="store_true", help="also shape replies (and predict their time)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the rate noise")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/runtime"))
+    ap.add_argument("--fidelity", default=None, help="only variants built at this fidelity (default: all)")
+    ap.add_argument(
+        "--cpu", type=int, default=None,
+        help="the CPU this process (device client, edge server, timing) runs on (default: the lowest it may use; "
+        "-1: not pinned)",
+    )  # fmt: skip
     a = ap.parse_args(argv)
     if min(a.requests, a.overhead_requests, a.step_requests, a.switch_requests, a.timing_runs) < 1:
         ap.error("request and run counts must be ≥ 1")
+    allowed = sorted(os.sched_getaffinity(0))
+    if a.cpu is None:
+        a.cpu = allowed[0]
+    elif a.cpu != -1 and a.cpu not in allowed:
+        ap.error(f"--cpu {a.cpu} is not one this process may run on: {allowed}")
+    if a.cpu != -1:
+        pin_to(a.cpu)
     rates = [parse_bandwidth(x) for x in a.rates.split(",")]
 
     ref = find_table(a.db, None)
     a.profiles = device, server = device_profile(a.device), server_profile(LOCAL)
     t = open_table(ref.url, create=False)
-    everything = t.variants(status="ok")
+    everything = [r for r in t.variants(status="ok") if a.fidelity in (None, r.spec.fidelity)]
+    if not everything:
+        ap.error(f"the table holds no finished variant{'' if a.fidelity is None else ' at fidelity ' + a.fidelity}")
     split = [r for r in everything if not r.spec.whole_model]
     bench = Bench(t, ref.home, split, resolve_floor(everything, a.min_accuracy, device), a.data_dir,
                   max(a.requests, a.switch_requests, EXPORT_IMAGES), a.timing_runs)  # fmt: skip

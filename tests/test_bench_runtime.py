@@ -46,6 +46,7 @@ def test_bench_runtime_smallest_mode(tmp_path: Path, capsys: pytest.CaptureFixtu
     doc = _bench().main([
         "--db", str(tmp_path / "run"), "--rates", "100KB/s,10MB/s", "--requests", n, "--overhead-requests", n,
         "--step-requests", n, "--switch-requests", n, "--timing-runs", "10", "--out", str(tmp_path / "out"),
+        "--cpu", "-1",  # in the test process: never pinned
     ])  # fmt: skip
     out = capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "runtime.json").read_text())["checks"] == doc["checks"]
@@ -61,3 +62,19 @@ def test_bench_runtime_smallest_mode(tmp_path: Path, capsys: pytest.CaptureFixtu
     sw = doc["switching"]
     assert not sw.get("skipped") and len(sw["steps"]) == 2 and len(sw["noise"]) == 2
     assert len(doc["mac"]) == 2 and "checks:" in out and "MAC-based device time" in out
+
+
+def test_bench_runtime_fidelity_filter_and_cpu_are_checked(tmp_path: Path) -> None:
+    arts = write_artifacts(tmp_path / "ckpt")
+    (tmp_path / "run").mkdir()
+    with open_table(f"sqlite:///{tmp_path / 'run' / 'lookup.db'}") as t:
+        t.record_ok(SPEC, MEAS, "r1", arts)
+    db = ["--db", str(tmp_path / "run"), "--out", str(tmp_path / "out")]
+    others = sorted({"smoke", "screen", "fast", "full"} - {SPEC.fidelity})
+    with pytest.raises(SystemExit) as e:
+        _bench().main([*db, "--cpu", "-1", "--fidelity", others[0]])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        _bench().main([*db, "--cpu", "4096"])
+    assert e.value.code == 2
+    assert not (tmp_path / "out").exists()

@@ -78,3 +78,20 @@ def test_bad_link_shapes() -> None:
     ):
         with pytest.raises(ConfigError):
             LinkShape(**kwargs)  # type: ignore[arg-type]
+
+
+def test_precise_sleep_sleeps_all_but_the_spin_then_reaches_the_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from coinference.runtime import shaping
+
+    slept: list[float] = []
+    monkeypatch.setattr(shaping.time, "sleep", slept.append)  # the spin alone has to reach the deadline now
+    t0 = time.perf_counter()
+    shaping.precise_sleep(0.004, spin_s=0.001)
+    assert time.perf_counter() - t0 >= 0.004  # never early: the deadline is polled
+    assert slept == [pytest.approx(0.003)]
+    slept.clear()
+    shaping.precise_sleep(0.0005, spin_s=0.001)  # shorter than the spin: no sleep at all
+    assert slept == []
+    assert Shaper(LinkShape(1000.0)).sleep is shaping.precise_sleep  # what a shaped client waits with by default

@@ -86,20 +86,39 @@ class LinkShape:
         return self.rtt_s / 2 if self.shape_replies else 0.0
 
 
+SPIN_S = 0.005
+"""The last part of a shaped wait that :func:`precise_sleep` spends polling the clock instead of sleeping."""
+
+
+def precise_sleep(seconds: float, spin_s: float = SPIN_S) -> None:
+    """Block for ``seconds``: ``time.sleep`` for all but the last ``spin_s``, then poll the clock until the deadline.
+
+    ``time.sleep`` overshoots by the kernel's timer slack and wake-up (0.05–0.2 ms on a virtual machine), which on
+    a fast emulated link is as long as the transmission it emulates; and a thread that slept for the whole wait
+    wakes on a cold, possibly halted CPU. Polling the end of the wait sends the bytes when the link would have
+    delivered them, from a running thread, as a device whose radio signals completion would.
+    """
+    deadline = time.perf_counter() + seconds
+    if seconds > spin_s:
+        time.sleep(seconds - spin_s)
+    while time.perf_counter() < deadline:
+        pass
+
+
 class Shaper:
     """Delays a blocking client's sends (and optionally its replies) as ``shape`` says.
 
     Args:
         shape: the emulated link.
         clock: seconds from a monotonic clock (injectable for tests).
-        sleep: blocks for a number of seconds (injectable for tests).
+        sleep: blocks for a number of seconds (injectable for tests; default :func:`precise_sleep`).
     """
 
     def __init__(
         self,
         shape: LinkShape,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], None] = precise_sleep,
     ) -> None:
         self.shape = shape
         self.sleep = sleep
