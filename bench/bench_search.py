@@ -10,6 +10,14 @@ Two sources for the table, and every figure says which one produced it:
   feature sizes are exact (coinference.profile, codec_for_ratio), while pruning's MAC saving, the entropy
   coder's gain and the accuracy are a documented model (:func:`synthetic_measurement`), not measurements.
 
+* ``--reference FIXTURE``: the CIFAR-10 / ResNet-20 reference table of bench/build_reference.py, replayed with
+  its measured build costs: each searcher is charged the CPU seconds its own evaluations cost (a cell's codec phase
+  and evaluation; a pruning once per split × sparsity × fidelity, by whichever cell needs it first), runs until
+  ``--budget-fraction`` of the exhaustive build's CPU seconds, and is scored at ``--points`` costs on the way by
+  the log HV of its table (each cell at the highest rung it reached, as fronts count a table) ÷ the exhaustive fast
+  table's, and its median deployment regret; median and interquartile band over the seeds, one plot, and the first
+  cost at which the seeds' median reaches ≥ 95 % of the exhaustive log HV and ≤ 5 % regret.
+
 Per searcher, over ≥ 10 seeds (storage.metrics; docs/ARCHITECTURE.md, "Pareto front"):
 
 * **log HV** (headline): storage.metrics.log_hypervolume — error, log10 device MACs and log10 bits mapped to
@@ -24,6 +32,7 @@ Per searcher, over ≥ 10 seeds (storage.metrics; docs/ARCHITECTURE.md, "Pareto 
     .venv/bin/python bench/bench_search.py --synthetic-from-profile
     .venv/bin/python bench/bench_search.py --table sqlite:///runs/grid/lookup.db [--fidelity F --weights W]
     .venv/bin/python bench/bench_search.py --synthetic-from-profile --searchers random --budget-fraction 0.01  # smoke
+    .venv/bin/python bench/bench_search.py --reference bench/fixtures/reference-resnet20-cifar10.json
 """
 
 from __future__ import annotations
@@ -34,7 +43,8 @@ import json
 import math
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -153,6 +163,202 @@ def load_table(src: str) -> dict[str, Measurement]:
     return {VariantSpec.from_dict(r["spec"]).key: Measurement.from_dict(r["measurement"]) for r in rows}
 
 
+# ------------------------------------------------------------------------------------------------ reference
+@dataclass
+class Reference:
+    """bench/build_reference.py's fixture, as the bench replays it: every rung's measurement and build cost."""
+
+    path: Path
+    space: SearchSpace
+    """The fast rung's space (the cells; a rung's spec differs only in its fidelity)."""
+    table: dict[str, Measurement]
+    """Spec key (any rung) → measurement."""
+    specs: dict[str, VariantSpec]
+    """Spec key (any rung) → spec."""
+    cell_cost: dict[str, float]
+    """Spec key → CPU seconds of its codec phase and evaluation."""
+    prune_cost: dict[tuple[str, float, str], float]
+    """(split, sparsity, fidelity) → CPU seconds of its pruning, paid once by whichever cell comes first."""
+    fast_keys: list[str]
+    """The exhaustive table: every cell's fast-rung key."""
+    meta: dict
+
+    def group(self, key: str) -> tuple[str, float, str]:
+        s = self.specs[key]
+        return (s.split, s.sparsity, s.fidelity)
+
+    @property
+    def exhaustive_cost(self) -> float:
+        """CPU seconds of building every cell at fast: its cells and its prunings."""
+        return sum(self.cell_cost[k] for k in self.fast_keys) + sum(
+            v for (_, _, f), v in self.prune_cost.items() if f == "fast"
+        )
+
+    def costs(self, order: list[str]) -> list[float]:
+        """Cumulative CPU seconds after each evaluation of ``order`` (pruning charged to the first of its group)."""
+        paid: set[tuple[str, float, str]] = set()
+        out, total = [], 0.0
+        for k in order:
+            g = self.group(k) if k in self.specs else None
+            total += self.cell_cost.get(k, 0.0)
+            if g is not None and g not in paid:
+                paid.add(g)
+                total += self.prune_cost.get(g, 0.0)
+            out.append(total)
+        return out
+
+
+def load_reference(path: Path) -> Reference:
+    """Read a reference fixture (``coinference.reference/1``)."""
+    doc = json.loads(path.read_text())
+    if doc.get("format") != "coinference.reference/1":
+        raise ConfigError(f"{path}: not a reference fixture (format {doc.get('format')!r})")
+    table: dict[str, Measurement] = {}
+    specs: dict[str, VariantSpec] = {}
+    cell_cost: dict[str, float] = {}
+    prune_cost: dict[tuple[str, float, str], float] = {}
+    fast_keys: list[str] = []
+    for cell in doc["cells"]:
+        for f, entry in cell["rungs"].items():
+            spec = VariantSpec.from_dict(entry["spec"])
+            specs[spec.key] = spec
+            if "measurement" not in entry:
+                continue
+            table[spec.key] = Measurement.from_dict(entry["measurement"])
+            cell_cost[spec.key] = float(entry.get("cell_cpu_s") or 0.0)
+            g = (spec.split, spec.sparsity, f)
+            prune_cost[g] = prune_cost.get(g, 0.0) + float(entry.get("prune_cpu_s") or 0.0)
+            if f == "fast":
+                fast_keys.append(spec.key)
+    lv = doc["levels"]
+    sha = next(iter(specs.values())).weights_sha256
+    space = SearchSpace.for_model(
+        doc["model"], splits=lv["splits"], sparsities=lv["sparsities"], ratios=lv["ratios"], bits=lv["bits"],
+        fidelity="fast", weights_sha256=sha,
+    )  # fmt: skip
+    meta = {
+        k: doc.get(k) for k in ("command", "commit", "dirty", "complete", "build_cpu_s", "rank_agreement", "wall_s")
+    }
+    return Reference(path, space, table, specs, cell_cost, prune_cost, fast_keys, meta)
+
+
+def top_rung(keys: list[str], ref: Reference) -> list[str]:
+    """One key per cell: its highest-fidelity measurement among ``keys`` (as fronts and queries count a table)."""
+    from coinference.variant import FIDELITIES
+
+    best: dict[str, str] = {}
+    for k in keys:
+        if k not in ref.table:
+            continue
+        s = ref.specs[k]
+        cell = replace(s, fidelity="fast").key
+        if cell not in best or FIDELITIES.index(s.fidelity) > FIDELITIES.index(ref.specs[best[cell]].fidelity):
+            best[cell] = k
+    return list(best.values())
+
+
+def bench_reference(a: argparse.Namespace, labels: list[str]) -> None:
+    """Searchers replayed on the reference fixture; HV and regret against CPU seconds of building."""
+    ref = load_reference(a.reference)
+    space = ref.space
+    exhaustive = records(ref.fast_keys, ref.table, ref.specs)
+    hv_all = hv(exhaustive, DEFAULT_BOUNDS.reference, True)
+    envs = edge_environments(a.envs)
+    base = exhaustive_baseline(exhaustive, envs)  # type: ignore[arg-type]
+    full_cost = ref.exhaustive_cost
+    cap = a.budget_fraction * full_cost
+    grid = np.linspace(cap / a.points, cap, a.points)
+    cheapest = min(v for v in ref.cell_cost.values() if v > 0)
+    trials = min(len(space.grid()), math.ceil(cap / cheapest) + 1)
+    n_cells = len(space.grid())
+    print(f"reference: {ref.path} ({ref.meta.get('command')}; commit {str(ref.meta.get('commit'))[:12]}"
+          f"{', dirty' if ref.meta.get('dirty') else ''}; complete: {ref.meta.get('complete')})")  # fmt: skip
+    print(f"space: {space.describe()}; {len(ref.fast_keys)} of {n_cells} cells measured at fast")
+    print(f"rank agreement of the rungs: {ref.meta.get('rank_agreement')}")
+    print(f"exhaustive: log HV {hv_all:.4f}; build cost {full_cost:,.0f} CPU s at fast (cells + prunings); "
+          f"budget {a.budget_fraction:.0%} = {cap:,.0f} CPU s; up to {trials} distinct variants per run")  # fmt: skip
+    served = sum(t is not None for t in base.latency_s)
+    print(f"regret: {len(envs)} edge environments (seed 0), {served} served by the exhaustive table")
+    print()
+    results: dict[str, dict] = {}
+    for label in labels:
+        t0 = time.perf_counter()
+        hv_rows, reg_rows, spent = [], [], []
+        for seed in range(a.seeds):
+            order = run_one(space, ref.table, label, seed, trials, ref.specs)
+            cum = ref.costs(order)
+            spent.append(cum[-1] if cum else 0.0)
+            hv_row, reg_row = [], []
+            for j, c in enumerate(grid):
+                keys = top_rung([k for k, x in zip(order, cum, strict=True) if x <= c], ref)
+                recs = records(keys, ref.table, ref.specs)
+                hv_row.append(hv(recs, DEFAULT_BOUNDS.reference, True) / hv_all)
+                if (j + 1) % a.regret_every == 0 or j == len(grid) - 1:
+                    reg_row.append(regret_against(recs, base).median)  # type: ignore[arg-type]
+            hv_rows.append(hv_row)
+            reg_rows.append(reg_row)
+        results[label] = {"hv": hv_rows, "regret": reg_rows, "spent": spent, "s": time.perf_counter() - t0}
+        print(f"{label}: done in {results[label]['s']:.0f} s", flush=True)
+    reg_grid = [c for j, c in enumerate(grid) if (j + 1) % a.regret_every == 0 or j == len(grid) - 1]
+
+    def first(xs: np.ndarray, ok: Callable[[float], bool], at: list[float]) -> str:
+        hit = next((c for c, v in zip(at, xs, strict=True) if ok(v)), None)
+        return "—" if hit is None else f"{hit:,.0f} ({hit / full_cost:.1%})"
+
+    print()
+    print(f"at the budget ({cap:,.0f} CPU s = {a.budget_fraction:.0%} of the exhaustive build), {a.seeds} seeds: "
+          "median [interquartile range]; first cost where the seeds' median reaches the goal")  # fmt: skip
+    print()
+    print("| searcher | log HV / exhaustive | median regret | first cost: HV ≥ 95 % | first cost: regret ≤ 5 % | "
+          "first cost: both | s |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    summary = {}
+    for label, r in results.items():
+        h, g = np.array(r["hv"]), np.array(r["regret"])
+        hm, gm = np.median(h, 0), np.median(g, 0)
+
+        def q(x: np.ndarray) -> str:
+            return f"{np.median(x):.3f} [{np.quantile(x, 0.25):.3f}, {np.quantile(x, 0.75):.3f}]"
+
+        both_hv = {c for c, v in zip(grid, hm, strict=True) if v >= 0.95}
+        both = next((c for c, v in zip(reg_grid, gm, strict=True) if v <= 0.05 and c in both_hv), None)
+        print(f"| {label} | {q(h[:, -1])} | {q(g[:, -1])} | {first(hm, lambda v: v >= 0.95, list(grid))} | "
+              f"{first(gm, lambda v: v <= 0.05, reg_grid)} | "
+              f"{'—' if both is None else f'{both:,.0f} ({both / full_cost:.1%})'} | {r['s']:.0f} |")  # fmt: skip
+        summary[label] = {"hv_at_budget_median": float(np.median(h[:, -1])), "regret_at_budget_median":
+                          float(np.median(g[:, -1])), "first_cost_both": both}  # fmt: skip
+    a.out.mkdir(parents=True, exist_ok=True)
+    doc = {"reference": str(ref.path), "meta": ref.meta, "exhaustive_log_hv": hv_all, "exhaustive_cost_cpu_s":
+           full_cost, "budget_cpu_s": cap, "grid_cpu_s": grid.tolist(), "regret_grid_cpu_s": reg_grid,
+           "trials": trials, "seeds": a.seeds, "envs": a.envs, "results": results, "summary": summary}  # fmt: skip
+    (a.out / "search_reference.json").write_text(json.dumps(doc, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for label, r in results.items():
+        for ax, key, xs in ((axes[0], "hv", grid), (axes[1], "regret", np.array(reg_grid))):
+            m = np.array(r[key])
+            line = ax.plot(xs, np.median(m, 0), label=label)[0]
+            ax.fill_between(xs, np.quantile(m, 0.25, 0), np.quantile(m, 0.75, 0), alpha=0.15, color=line.get_color())
+    axes[0].axhline(0.95, color="k", ls=":", lw=1, label="95 % of exhaustive")
+    axes[1].axhline(0.05, color="k", ls=":", lw=1, label="5 % regret")
+    axes[0].set_ylabel("log-normalised hypervolume / exhaustive")
+    axes[1].set_ylabel("median deployment regret")
+    axes[1].set_yscale("symlog", linthresh=0.01)
+    for ax in axes:
+        ax.set_xlabel(f"CPU seconds of building (exhaustive: {full_cost:,.0f})")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"searchers on the reference table {ref.path.name}: median and interquartile band, {a.seeds} seeds",
+                 fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    path = a.out / "search_reference.png"
+    fig.savefig(path, dpi=120)
+    print(f"\nplot: {path}\njson: {a.out / 'search_reference.json'}")
+
+
 # ------------------------------------------------------------------------------------------------ runs
 @dataclass
 class _Rec:
@@ -168,7 +374,10 @@ def records(keys: list[str], table: dict[str, Measurement], specs: dict[str, Var
     return [_Rec("ok", table[k], k, (specs or {}).get(k)) for k in keys if k in table]
 
 
-def run_one(space: SearchSpace, table: dict[str, Measurement], label: str, seed: int, budget: int) -> list[str]:
+def run_one(
+    space: SearchSpace, table: dict[str, Measurement], label: str, seed: int, budget: int,
+    specs: dict[str, VariantSpec] | None = None,
+) -> list[str]:  # fmt: skip
     """Keys of newly evaluated specs, in evaluation order."""
     name, opts = SEARCHERS_BENCHED[label]
 
@@ -210,6 +419,11 @@ def main() -> None:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--table", help="measured variants: lookup DB URL or JSON list of {spec, measurement}")
     src.add_argument("--synthetic-from-profile", action="store_true", help="derive the table from the profile")
+    src.add_argument(
+        "--reference", type=Path, help="a bench/build_reference.py fixture: curves against CPU seconds of building"
+    )
+    ap.add_argument("--points", type=int, default=40, help="cost points of the reference curves")
+    ap.add_argument("--regret-every", type=int, default=4, help="regret at every N-th cost point (reference mode)")
     ap.add_argument("--model", default="resnet-digits")
     ap.add_argument("--fidelity", default="fast")
     ap.add_argument("--weights", type=Path, default=None, help="base checkpoint the table's specs were built on")
@@ -224,6 +438,13 @@ def main() -> None:
         ap.error(f"unknown searchers {unknown}; valid: {', '.join(SEARCHERS_BENCHED)}")
     if a.seeds < 1 or a.envs < 1:
         ap.error(f"--seeds {a.seeds} and --envs {a.envs}: need at least 1")
+    if a.reference is not None:
+        if not a.reference.is_file():
+            ap.error(f"--reference {a.reference} is not a file")
+        if not 0 < a.budget_fraction <= 1 or a.points < 1 or a.regret_every < 1:
+            ap.error(f"--budget-fraction {a.budget_fraction} must be in (0, 1], --points and --regret-every ≥ 1")
+        bench_reference(a, labels)
+        return
 
     sha = file_sha256(a.weights) if a.weights is not None else None
     space = SearchSpace.for_model(a.model, fidelity=a.fidelity, weights_sha256=sha)
