@@ -134,7 +134,7 @@ def open_run(args: argparse.Namespace) -> tuple[Any, Any, Any]:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """Build this worker's rows, each rung in turn, appending one cost line per build."""
+    """Build this worker's rows, top rung first, appending one cost line per build."""
     import torch
 
     from coinference.fidelity import FIDELITIES
@@ -146,31 +146,32 @@ def worker(args: argparse.Namespace) -> None:
     log = args.run / f"costs-{args.worker}.jsonl"
     done = {json.loads(line)["key"] for line in log.read_text().splitlines()} if log.exists() else set()
     try:
-        for i in mine:
-            for f in FIDELITY_LADDER:
-                spec = rows[i]["specs"][f]
-                if spec.key in done or ev.lookup(spec) is not None:
-                    continue
-                c0, w0 = time.process_time(), time.perf_counter()
-                builder.prune(spec, FIDELITIES.get(f))  # paid by the first cell of its group, free after
-                c1 = time.process_time()
-                out = ev(spec)
-                c2, w2 = time.process_time(), time.perf_counter()
-                line = {
-                    "key": spec.key,
-                    "fidelity": f,
-                    "status": out.status,
-                    "prune_cpu_s": round(c1 - c0, 3),
-                    "cell_cpu_s": round(c2 - c1, 3),
-                    "wall_s": round(w2 - w0, 3),
-                }
-                with log.open("a") as fh:
-                    fh.write(json.dumps(line) + "\n")
-                print(
-                    f"[w{args.worker}] {f} {rows[i]['cell']} {out.status} "
-                    f"{line['prune_cpu_s'] + line['cell_cpu_s']:.1f} CPU s",
-                    flush=True,
-                )
+        # the top rung of every cell first (the ground truth), then the cheap rung: a build cut short still leaves
+        # a whole exhaustive table; a group's cells stay together, so its pruning is done once per rung
+        for f, i in [(f, i) for f in reversed(FIDELITY_LADDER) for i in mine]:
+            spec = rows[i]["specs"][f]
+            if spec.key in done or ev.lookup(spec) is not None:
+                continue
+            c0, w0 = time.process_time(), time.perf_counter()
+            builder.prune(spec, FIDELITIES.get(f))  # paid by the first cell of its group, free after
+            c1 = time.process_time()
+            out = ev(spec)
+            c2, w2 = time.process_time(), time.perf_counter()
+            line = {
+                "key": spec.key,
+                "fidelity": f,
+                "status": out.status,
+                "prune_cpu_s": round(c1 - c0, 3),
+                "cell_cpu_s": round(c2 - c1, 3),
+                "wall_s": round(w2 - w0, 3),
+            }
+            with log.open("a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            print(
+                f"[w{args.worker}] {f} {rows[i]['cell']} {out.status} "
+                f"{line['prune_cpu_s'] + line['cell_cpu_s']:.1f} CPU s",
+                flush=True,
+            )
     finally:
         table.close()
 
