@@ -385,7 +385,7 @@ CASES: list[tuple[str, str, Expected]] = [
     ("search-dataset-unknown", f"{SEARCH} --dataset imagenet", "imagenet"),
     ("search-data-dir-missing", f"{SEARCH} --dataset cifar10 --data-dir {{fx}}/nodata", "nodata"),
     ("search-fidelity-unknown", f"{SEARCH} --fidelity ultra", "ultra"),
-    ("search-sampler-unknown", f"{SEARCH} --sampler cma", "cma"),
+    ("search-sampler-unknown", f"{SEARCH} --sampler bogus", ("bogus", "valid: gp, nsga2, tpe")),
     ("search-accuracy-floor-2", f"{SEARCH} --accuracy-floor 2", "2"),
     ("search-accuracy-floor-negative", f"{SEARCH} --accuracy-floor -1", "-1"),
     ("search-accuracy-floor-nan", f"{SEARCH} --accuracy-floor nan", "nan"),

@@ -19,7 +19,7 @@ def test_names_equal_their_registries() -> None:
     from coinference.zoo import DEFAULT_MODEL, MODELS
     from search.cli.base import DEFAULT_MARGIN as CLI_MARGIN
     from search.searchers import SEARCHERS
-    from search.searchers.optuna_search import make_sampler
+    from search.searchers.optuna_search import SAMPLERS, make_sampler
 
     assert tuple(MODELS.names()) == names.MODELS and names.DEFAULT_MODEL == DEFAULT_MODEL
     assert {m: MODELS.get(m).dataset for m in MODELS.names()} == names.MODEL_DATASETS
@@ -32,6 +32,7 @@ def test_names_equal_their_registries() -> None:
     assert names.SEARCH_CODEC_KINDS == SEARCH_CODEC_KINDS and set(SEARCH_CODEC_KINDS) <= set(KINDS)
     assert names.SNR_RANGE_DB == SNR_RANGE_DB
     assert CLI_MARGIN == DEFAULT_MARGIN
+    assert names.SAMPLERS == SAMPLERS
     for s in names.SAMPLERS:
         make_sampler(s, 0)
     with pytest.raises(ConfigError):

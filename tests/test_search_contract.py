@@ -1,4 +1,5 @@
-"""One contract, every searcher: finds the toy's optimum in a tiny space, writes each evaluation exactly once."""
+"""One contract, every searcher: finds the toy's optimum in a tiny space, writes each evaluation exactly once.
+(tests/test_search_finds.py: finding it in a space larger than the budget.)"""
 
 from __future__ import annotations
 
@@ -17,8 +18,15 @@ CASES = [
     pytest.param("random", {}, id="random"),
     pytest.param("optuna", {"sampler": "tpe", "n_startup_trials": 3}, id="optuna-tpe"),
     pytest.param("optuna", {"sampler": "nsga2", "population_size": 4}, id="optuna-nsga2"),
+    pytest.param("optuna", {"sampler": "gp", "n_startup_trials": 3}, id="optuna-gp"),
     pytest.param("ppo", {"ppo_timesteps": 64, "ppo_n_steps": 16}, id="ppo"),
     pytest.param("ray", {"num_cpus": 2, "max_concurrent": 2}, id="ray", marks=pytest.mark.slow),
+    pytest.param(  # two trials in flight: the GP's q-batch acquisition
+        "ray",
+        {"num_cpus": 2, "max_concurrent": 2, "sampler": "gp", "n_startup_trials": 2},
+        id="ray-gp",
+        marks=pytest.mark.slow,
+    ),
 ]
 
 
@@ -55,7 +63,7 @@ def test_searcher_finds_optimum_and_writes_each_evaluation_once(
     table.close()
 
 
-@pytest.mark.parametrize(("name", "opts"), [c for c in CASES if c.id != "ray"])
+@pytest.mark.parametrize(("name", "opts"), [c for c in CASES if c.values[0] != "ray"])
 def test_failed_evaluation_is_stored_and_search_goes_on(name: str, opts: dict, tmp_path: Path) -> None:
     ev = CountingEvaluator(fail_sparsity=0.0)  # the two stem cells at sparsity 0 fail
     table, ctx = run(name, opts, tmp_path, 8, ev)

@@ -28,7 +28,7 @@ EMBEDDED_DATASETS = ("digits", "synthetic")
 """Data sets that need no files (no --data-dir)."""
 SEARCHERS = ("grid", "optuna", "ppo", "random", "ray")
 """``search.searchers.SEARCHERS``."""
-SAMPLERS = ("nsga2", "tpe")
+SAMPLERS = ("gp", "nsga2", "tpe")
 """``search.searchers.optuna_search.make_sampler``."""
 CODEC_KINDS = ("sq", "vq", "jscc-awgn", "jscc-bsc", "bottlenetpp", "huffman", "none")
 """``coinference.codec.KINDS``."""

@@ -17,7 +17,16 @@ from coinference.errors import EnvironmentProblem
 from coinference.variant import Measurement
 from search.evaluator import Evaluate, Outcome, environment_problem, error_text, is_environment_error
 from search.searchers.base import SearchContext
-from search.searchers.optuna_search import DIRECTIONS, OBJECTIVES, REPEATS, objective_values, unseen_params
+from search.searchers.optuna_search import (
+    DIRECTIONS,
+    LOG_COST_SAMPLERS,
+    OBJECTIVES,
+    REPAIR_SAMPLERS,
+    REPEATS,
+    nearest_unseen_params,
+    objective_values,
+    unseen_params,
+)
 
 CONTEXTS: dict[str, SearchContext] = {}
 """Run name → context: the searcher is pickled into Tune's experiment state, the context (table) is not."""
@@ -32,11 +41,11 @@ FAILED_METRICS = dict.fromkeys(OBJECTIVES, float("nan"))
 Optuna a failure, never these values)."""
 
 
-def metrics(out: Outcome) -> dict[str, Any]:
-    """The result dict Optuna is told for a finished outcome."""
+def metrics(out: Outcome, log_costs: bool = False) -> dict[str, Any]:
+    """The result dict Optuna is told for a finished outcome (``log_costs``: see :func:`objective_values`)."""
     if not out.ok:
         return {"status": "failed", "error": out.error}
-    return {"status": "ok", **dict(zip(OBJECTIVES, objective_values(out), strict=True))}
+    return {"status": "ok", **dict(zip(OBJECTIVES, objective_values(out, log_costs), strict=True))}
 
 
 def trial(config: dict[str, Any], space: Any, evaluate: Evaluate) -> None:
@@ -113,7 +122,12 @@ class CachedSearch(TuneSearcher):
             cell = ctx.space.index_of(config)
             if not ctx.space.valid(cell):
                 self.inner.on_trial_complete(iid, result=None, error=False)  # told as pruned
-                self.wasted += 1
+                repair = ctx.options.sampler in REPAIR_SAMPLERS
+                near = nearest_unseen_params(ctx, cell, in_flight) if repair else None
+                if near is None:
+                    self.wasted += 1
+                else:  # the sampler learns nothing from a pruned trial: ask the nearest valid cell next
+                    self.inner._ot_study.enqueue_trial(near)
                 continue
             spec = ctx.space.spec(cell)
             if spec.key in in_flight:
@@ -123,7 +137,7 @@ class CachedSearch(TuneSearcher):
             if ctx.evaluator.stored(spec) is not None:
                 self.wasted += ctx.seen(spec)
                 out = ctx.evaluate(spec, cell)  # answered from the table, no trial
-                self.inner.on_trial_complete(iid, result=metrics(out) if out.ok else None, error=not out.ok)
+                self.inner.on_trial_complete(iid, result=self._metrics(ctx, out), error=not out.ok)
                 continue
             self.wasted = 0
             self.live[trial_id] = (iid, spec.key, cell)
@@ -146,7 +160,12 @@ class CachedSearch(TuneSearcher):
         else:
             err = (result or {}).get("error") or "Ray trial error (worker died after max_failures retries)"
             out = ctx.record(spec, cell, error=err)
-        self.inner.on_trial_complete(iid, result=metrics(out) if out.ok else None, error=not out.ok)
+        self.inner.on_trial_complete(iid, result=self._metrics(ctx, out), error=not out.ok)
+
+    @staticmethod
+    def _metrics(ctx: SearchContext, out: Outcome) -> dict[str, Any] | None:
+        """What Optuna is told of a finished outcome: its objectives on the sampler's scale; None for a failure."""
+        return metrics(out, ctx.options.sampler in LOG_COST_SAMPLERS) if out.ok else None
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:

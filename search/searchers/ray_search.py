@@ -178,7 +178,7 @@ def init_ray(address: str | None, num_cpus: int | None) -> bool:
 
 @SEARCHERS.register("ray")
 class RaySearcher(Searcher):
-    """Ray Tune + OptunaSearch (``options.sampler``: tpe or nsga2), one Ray task per variant."""
+    """Ray Tune + OptunaSearch (``options.sampler``: tpe, nsga2 or gp), one Ray task per variant."""
 
     name = "ray"
 
