@@ -55,6 +55,7 @@ from coinference.errors import ConfigError
 from coinference.variant import Measurement, VariantSpec
 from coinference.zoo import file_sha256
 from search.evaluator import CachedEvaluator
+from search.ladder import DEFAULT_ETA
 from search.searchers import SEARCHERS, SearchContext, SearchOptions
 from search.space import SearchSpace
 from storage import open_table
@@ -78,7 +79,13 @@ SEARCHERS_BENCHED = {
     "optuna TPE": ("optuna", {"sampler": "tpe"}),
     "optuna NSGA-II": ("optuna", {"sampler": "nsga2"}),
     "PPO": ("ppo", {"ppo_n_steps": 32}),
+    "optuna GP": ("optuna", {"sampler": "gp"}),
+    "multi-fidelity TPE": ("optuna", {"sampler": "tpe"}),
 }
+LADDERS = {"multi-fidelity TPE": ("screen", "fast")}
+"""Searchers that climb a fidelity ladder (η 3): only on a table holding every rung (``--reference``)."""
+SYNTHETIC_DEFAULT = ("random", "grid order", "optuna TPE", "optuna NSGA-II", "PPO")
+"""The searchers of the synthetic and measured-table modes by default (as before the reference mode)."""
 
 
 # ----------------------------------------------------------------------------------------- synthetic table
@@ -386,6 +393,7 @@ def run_one(
             raise ConfigError(f"variant {spec.key[:12]} is not in the measured table")
         return table[spec.key]
 
+    ladder = LADDERS.get(label)
     order: list[str] = []
     store = open_table("sqlite://", name=f"bench-{seed}")
     ev = CachedEvaluator(
@@ -394,7 +402,13 @@ def run_one(
     if name == "ppo":  # repeated choices cost no evaluation: bound the training steps too
         opts = {**opts, "ppo_timesteps": 20 * budget}
     options = SearchOptions(**opts)  # type: ignore[arg-type]
-    ctx = SearchContext(space, ev, budget, None, False, seed, None, options)
+    if ladder is None:
+        ctx = SearchContext(space, ev, budget, None, False, seed, None, options)
+    else:
+        from search.searchers.asha import LadderContext
+
+        first = replace(space, fidelity=ladder[0])
+        ctx = LadderContext(first, ev, budget, None, False, seed, None, options, ladder=ladder, eta=DEFAULT_ETA)
     SEARCHERS.get(name)().run(ctx)
     store.close()
     return order
@@ -429,13 +443,20 @@ def main() -> None:
     ap.add_argument("--weights", type=Path, default=None, help="base checkpoint the table's specs were built on")
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--budget-fraction", type=float, default=0.10)
-    ap.add_argument("--searchers", default=",".join(SEARCHERS_BENCHED))
+    ap.add_argument(
+        "--searchers", default=None,
+        help=f"comma-separated, of: {', '.join(SEARCHERS_BENCHED)} (default: all with --reference, else "
+        f"{', '.join(SYNTHETIC_DEFAULT)})",
+    )  # fmt: skip
     ap.add_argument("--envs", type=int, default=200, help="edge environments of the deployment regret")
     ap.add_argument("--out", type=Path, default=Path("runs/bench/search"))
     a = ap.parse_args()
-    labels = a.searchers.split(",")
+    default = list(SEARCHERS_BENCHED) if a.reference is not None else list(SYNTHETIC_DEFAULT)
+    labels = a.searchers.split(",") if a.searchers else default
     if unknown := [x for x in labels if x not in SEARCHERS_BENCHED]:
         ap.error(f"unknown searchers {unknown}; valid: {', '.join(SEARCHERS_BENCHED)}")
+    if a.reference is None and (climbing := [x for x in labels if x in LADDERS]):
+        ap.error(f"{', '.join(climbing)} climb a fidelity ladder: only with --reference (a table of every rung)")
     if a.seeds < 1 or a.envs < 1:
         ap.error(f"--seeds {a.seeds} and --envs {a.envs}: need at least 1")
     if a.reference is not None:

@@ -207,6 +207,15 @@ class VariantSpec:
         return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     @property
+    def cell_key(self) -> str:
+        """Stable hash of the spec without its fidelity: equal for the same variant trained at different budgets
+        (the rungs of a multi-fidelity search), so tables can tell one variant's measurements apart from two
+        variants'."""
+        d = self.to_dict()
+        del d["fidelity"]
+        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+    @property
     def whole_model(self) -> bool:
         """True for :data:`ON_DEVICE` and :data:`SERVER_PNG`: the model is not split."""
         return self.split in WHOLE_MODEL

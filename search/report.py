@@ -1,5 +1,9 @@
 """A run's report: the Pareto front of the specs it finished, the variant chosen at a few bandwidths, a Pareto
-plot (PNG) and ``report.md``. Fronts, queries and the plot come from ``storage`` (one definition of each)."""
+plot (PNG) and ``report.md``. Fronts, queries and the plot come from ``storage`` (one definition of each).
+
+A multi-fidelity run finished some variants at several rungs: the report compares each at the highest fidelity it
+was measured at (:func:`storage.records.highest_fidelity`), says when its front mixes fidelities, and counts each
+rung's variants and building seconds."""
 
 from __future__ import annotations
 
@@ -29,7 +33,8 @@ class Choice:
 @dataclass(frozen=True)
 class Report:
     records: list[Any]
-    """The run's records (``storage.VariantRecord``, ok and failed)."""
+    """The run's records (``storage.VariantRecord``, ok and failed), one per variant: the highest fidelity it
+    reached."""
     front: list[Any]
     """Non-dominated measured variants over (accuracy ↑, device MACs ↓, bits ↓)."""
     floor: float | None
@@ -43,6 +48,8 @@ class Report:
     """The fixed bounds and reference point of ``log_hypervolume``, as one line."""
     linear_hypervolume: float
     """storage.pareto.hypervolume in raw units (error × MACs × bits, reference 1.1 × worst of this run)."""
+    fidelity_note: str = ""
+    """A line saying the front mixes fidelities (empty when it does not)."""
 
 
 def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) -> Report:
@@ -52,8 +59,10 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
     from storage.pareto import hypervolume, pareto_front
     from storage.plots import plot_front
     from storage.query import BandwidthChoice, query
+    from storage.records import highest_fidelity
 
-    records = [r for r in (table.get(k) for k in keys) if r is not None]
+    finished = [r for r in (table.get(k) for k in keys) if r is not None]
+    records = highest_fidelity(finished)
     front = pareto_front(records)
     device = device_profile(cfg.device)
     # the run's --accuracy-floor, else the best accuracy that fits the device − 0.02 (the base's is not known here)
@@ -78,27 +87,37 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
     ok = [r for r in records if r.status == "ok"]
     failed = [r for r in records if r.status == "failed"]
     log_hv, linear_hv = log_hypervolume(ok), hypervolume(ok)
+    fids = _fidelities(front)
+    mixed = f"the front mixes fidelities ({fids}), each variant at the highest it reached" if "," in fids else ""
+    ladder = getattr(cfg, "fidelities", ())
+    if ladder:
+        fidelity = f"fidelity ladder `{' → '.join(ladder)}` (η {cfg.eta}, asynchronous successive halving)"
+    else:
+        fidelity = f"fidelity `{cfg.fidelity}`"
     lines = [
         f"# Search run `{cfg.name}`",
         "",
-        f"- searcher: `{cfg.searcher}`, budget {cfg.trials} variants, seed {cfg.seed}, fidelity `{cfg.fidelity}`",
+        f"- searcher: `{cfg.searcher}`, budget {cfg.trials} variants, seed {cfg.seed}, {fidelity}",
         f"- space: {space.describe()}",
         f"- finished: {len(records)} variants ({len(ok)} ok, {len(failed)} failed)",
-        f"- Pareto front (accuracy ↑, device MACs ↓, bits ↓): {len(front)} variants",
+        *([f"- rungs: {_rungs(finished)}"] if ladder else []),
+        f"- Pareto front (accuracy ↑, device MACs ↓, bits ↓): {len(front)} variants"
+        + (f" at fidelity {fids}" if ladder and not mixed else ""),
+        *([f"- note: {mixed}"] if mixed else []),
         f"- log-normalised hypervolume {log_hv:.4f} ({DEFAULT_BOUNDS.describe()}; comparable across runs)",
         f"- linear hypervolume {linear_hv:.4g} (error × MACs × bits, reference = 1.1 × worst of this run)",
         f"- accuracy floor for the choices: {floor:.4f}" if floor is not None else "- no accuracy floor",
         "",
         "## Front",
         "",
-        "| key | split | sparsity | codec | accuracy | device MACs | bits/image | device memory B |",
-        "|---|---|---|---|---|---|---|---|",
+        "| key | split | sparsity | codec | fidelity | accuracy | device MACs | bits/image | device memory B |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in front:
         m, s = r.measurement, r.spec
         assert m is not None
         lines.append(
-            f"| `{r.key[:12]}` | {s.split} | {s.sparsity:.2f} | {s.codec.label} | {m.accuracy:.4f} | "
+            f"| `{r.key[:12]}` | {s.split} | {s.sparsity:.2f} | {s.codec.label} | {s.fidelity} | {m.accuracy:.4f} | "
             f"{m.device_macs:,} | {m.bits_mean + m.header_bits:,.0f} | {m.device_memory_bytes:,} |"
         )
     lines += ["", f"## Chosen variant per bandwidth (device `{cfg.device}`, server `rtx2080ti`)", ""]
@@ -119,7 +138,28 @@ def write_report(table: Any, keys: Sequence[str], cfg: Any, space: SearchSpace) 
         lines += ["", f"![Pareto front]({plot.name})"]
     md = run_dir / "report.md"
     md.write_text("\n".join(lines) + "\n")
-    return Report(records, front, floor, cfg.device, choices, plot, md, log_hv, DEFAULT_BOUNDS.describe(), linear_hv)
+    bounds = DEFAULT_BOUNDS.describe()
+    return Report(records, front, floor, cfg.device, choices, plot, md, log_hv, bounds, linear_hv, mixed)
+
+
+def _fidelities(records: Sequence[Any]) -> str:
+    """The fidelities of ``records``, cheapest first, comma-separated."""
+    from coinference.variant import FIDELITIES
+
+    return ", ".join(sorted({r.spec.fidelity for r in records}, key=FIDELITIES.index))
+
+
+def _rungs(finished: Sequence[Any]) -> str:
+    """Per fidelity, cheapest first: the variants finished at it and the seconds their builds took (a rung's cost;
+    whole-model candidates left out)."""
+    from coinference.variant import FIDELITIES
+
+    parts = []
+    for f in sorted({r.spec.fidelity for r in finished}, key=FIDELITIES.index):
+        at = [r for r in finished if r.spec.fidelity == f and not r.spec.whole_model]
+        secs = sum(r.measurement.train_seconds for r in at if r.measurement is not None)
+        parts.append(f"{len(at)} variants at `{f}` ({secs:,.1f} s of building)")
+    return "; ".join(parts)
 
 
 def _rate(bw: float) -> str:
@@ -130,9 +170,10 @@ def _rate(bw: float) -> str:
 
 def render(rep: Report, console: Console) -> None:
     """Print the front and the per-bandwidth choices."""
-    fids = ", ".join(sorted({r.spec.fidelity for r in rep.records}))
-    t = RichTable(title=f"Pareto front: {len(rep.front)} of {len(rep.records)} variants (fidelity {fids})")
-    for col in ("key", "split", "sparsity", "codec", "accuracy", "device MACs", "bits/image"):
+    t = RichTable(
+        title=f"Pareto front: {len(rep.front)} of {len(rep.records)} variants (fidelity {_fidelities(rep.records)})"
+    )
+    for col in ("key", "split", "sparsity", "codec", "fidelity", "accuracy", "device MACs", "bits/image"):
         t.add_column(col, justify="right")
     for r in rep.front:
         m = r.measurement
@@ -141,11 +182,14 @@ def render(rep: Report, console: Console) -> None:
             r.spec.split,
             f"{r.spec.sparsity:.2f}",
             r.spec.codec.label,
+            r.spec.fidelity,
             f"{m.accuracy:.4f}",
             f"{m.device_macs:,}",
             f"{m.bits_mean + m.header_bits:,.0f}",
         )
     console.print(t)
+    if rep.fidelity_note:
+        console.print(f"note: {rep.fidelity_note}")
     console.print(
         f"hypervolume: log-normalised {rep.log_hypervolume:.4f} ({rep.hypervolume_bounds}); "
         f"linear {rep.linear_hypervolume:.4g} (raw units, reference 1.1 × worst of this run)"

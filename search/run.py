@@ -1,5 +1,6 @@
 """One search run: space + table + cached evaluator + searcher → ``runs/<name>/`` (lookup DB, ledger, study,
-Pareto plot, report). The ``coinfer search`` command is a thin shell over :func:`run_search`.
+Pareto plot, report). The ``coinfer search`` command is a thin shell over :func:`run_search`. With a fidelity
+ladder (:attr:`SearchConfig.fidelities`) the searcher runs in a :class:`search.searchers.asha.LadderContext`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from coinference.errors import ConfigError
 from coinference.variant import WHOLE_MODEL, VariantSpec
 from coinference.zoo import DEFAULT_MODEL, MODELS, file_sha256
 from search.evaluator import CachedEvaluator, Evaluate, Outcome, Table
+from search.ladder import DEFAULT_ETA, check_ladder, ladder_label
 from search.runs import db_url, run_name, sqlite_url, write_last_run
 from search.searchers import SEARCHERS, SearchContext, SearchOptions
 from search.space import SearchSpace
@@ -38,7 +40,12 @@ class SearchConfig:
     data_dir: Path | None = None
     """Folder of a file-backed data set."""
     fidelity: str = "fast"
-    """Training budget preset of every variant: smoke, screen, fast or full."""
+    """Training budget preset of every variant: smoke, screen, fast or full (ignored with ``fidelities``)."""
+    fidelities: tuple[str, ...] = ()
+    """A fidelity ladder, cheapest first (e.g. ``("screen", "fast")``): every cell is built at the first rung and
+    the best 1/``eta`` of each rung climb to the next (:mod:`search.searchers.asha`); empty: single-fidelity."""
+    eta: int = DEFAULT_ETA
+    """Promotion rate of the ladder (≥ 2): at most ⌊m/η⌋ of a rung's m measured cells climb."""
     db: str | None = None
     """Lookup table URL (default: $COINFER_DB, else sqlite:///runs/<name>/lookup.db)."""
     name: str = "search"
@@ -71,6 +78,11 @@ class SearchConfig:
     def run_dir(self) -> Path:
         return self.runs_root / self.name
 
+    @property
+    def ladder(self) -> tuple[str, ...]:
+        """The fidelities variants are built at, cheapest first: :attr:`fidelities`, else ``(fidelity,)``."""
+        return self.fidelities or (self.fidelity,)
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -86,6 +98,8 @@ class SearchResult:
     seconds: float
     report: Any
     """The :class:`search.report.Report` (front, choices, files)."""
+    rungs: dict[str, int] = field(default_factory=dict)
+    """Fidelity → cells this run finished at it (one entry without a ladder)."""
 
 
 def default_evaluator(cfg: SearchConfig) -> tuple[Evaluate, Callable[[VariantSpec], dict[str, Path]]]:
@@ -109,7 +123,7 @@ def make_space(cfg: SearchConfig) -> SearchSpace:
         cfg.model,
         cfg.dataset,
         splits=splits,
-        fidelity=cfg.fidelity,
+        fidelity=cfg.ladder[0],
         weights_sha256=sha,
         **levels,
     )
@@ -131,10 +145,11 @@ def table_url(cfg: SearchConfig) -> str:
 
 
 def run_identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, str]:
-    """What a run name stands for and may not change between invocations: searcher, fidelity and space (its
-    dimensions, codec kinds and channel settings, activation sparsities and base checkpoint:
-    :meth:`SearchSpace.identity`)."""
-    return {"searcher": cfg.searcher, "fidelity": cfg.fidelity, "space": space.identity()}
+    """What a run name stands for and may not change between invocations: searcher, fidelity — or the ladder and its
+    η (:func:`search.ladder.ladder_label`) — and space (its dimensions, codec kinds and channel settings,
+    activation sparsities and base checkpoint: :meth:`SearchSpace.identity`)."""
+    fidelity = ladder_label(cfg.fidelities, cfg.eta) if cfg.fidelities else cfg.fidelity
+    return {"searcher": cfg.searcher, "fidelity": fidelity, "space": space.identity()}
 
 
 def check_same_run(run_dir: Path, identity: dict[str, str]) -> None:
@@ -173,10 +188,12 @@ def run_search(
         report: write the Pareto plot and report.md.
 
     Raises:
-        ConfigError: unknown searcher, a bad budget or run name, --resume with nothing to resume, or a run name
-            already used with another searcher, fidelity or space.
+        ConfigError: unknown searcher, a bad budget, ladder or run name, --resume with nothing to resume, or a run
+            name already used with another searcher, fidelity (ladder) or space.
     """
     searcher = SEARCHERS.get(cfg.searcher)()
+    if cfg.fidelities:
+        check_ladder(cfg.fidelities, cfg.searcher, cfg.eta)
     run_name(cfg.name)
     if cfg.trials < 1:
         raise ConfigError(f"--trials must be ≥ 1, got {cfg.trials}")
@@ -184,6 +201,10 @@ def run_search(
     if cfg.resume and not (run_dir / "evaluations.jsonl").exists():
         raise ConfigError(f"nothing to resume: {run_dir / 'evaluations.jsonl'} does not exist")
     space = space or make_space(cfg)
+    if cfg.fidelities and space.fidelity != cfg.fidelities[0]:
+        raise ConfigError(
+            f"the search space is at fidelity {space.fidelity!r}, not the ladder's first rung {cfg.fidelities[0]!r}"
+        )
     identity = run_identity(cfg, space)
     check_same_run(run_dir, identity)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +217,14 @@ def run_search(
         if evaluate is None:
             evaluate, artifacts = default_evaluator(cfg)
         ev = CachedEvaluator(table, evaluate, cfg.name, on_outcome, artifacts, retry_failed=cfg.retry_failed)
-        ctx = SearchContext(space, ev, cfg.trials, run_dir, cfg.resume, cfg.seed, cfg.accuracy_floor, cfg.options)
+        args = (space, ev, cfg.trials, run_dir, cfg.resume, cfg.seed, cfg.accuracy_floor, cfg.options)
+        ctx: SearchContext
+        if cfg.fidelities:
+            from search.searchers.asha import LadderContext
+
+            ctx = LadderContext(*args, ladder=cfg.fidelities, eta=cfg.eta)
+        else:
+            ctx = SearchContext(*args)
         doc = {**_jsonable(asdict(cfg)), "identity": identity}
         (run_dir / "config.json").write_text(json.dumps(doc, indent=1, default=str))
         if cfg.resume:
@@ -204,23 +232,26 @@ def run_search(
         searcher.run(ctx)
         keys = tuple(ctx.ledger.order)
         failed = sum(1 for k in keys if ctx.ledger.done[k]["status"] == "failed")
-        # outside the budget and the ledger: candidates every table holds, chosen where they win
-        whole = tuple(ev(spec).spec.key for spec in whole_model_specs(space)) if cfg.whole_model else ()
+        # outside the budget and the ledger: candidates every table holds, chosen where they win (a ladder's at its
+        # top rung, beside the variants that reached it)
+        top = cfg.fidelities[-1] if cfg.fidelities else None
+        whole = tuple(ev(s).spec.key for s in whole_model_specs(space, top)) if cfg.whole_model else ()
         rep = None
         if report:
             from search.report import write_report
 
             rep = write_report(table, keys + whole, cfg, space)
-        return SearchResult(run_dir, space, keys, ev.n_built, failed, time.perf_counter() - t0, rep)
+        seconds = time.perf_counter() - t0
+        return SearchResult(run_dir, space, keys, ev.n_built, failed, seconds, rep, ctx.rung_counts())
     finally:
         if own_table:
             table.close()
 
 
-def whole_model_specs(space: SearchSpace) -> list[VariantSpec]:
+def whole_model_specs(space: SearchSpace, fidelity: str | None = None) -> list[VariantSpec]:
     """The whole-model candidates (on the device; PNG to the server) of ``space``'s model, data set, base
-    checkpoint, fidelity, seed and validation split."""
-    fields = {"weights_sha256": space.weights_sha256, "fidelity": space.fidelity, "seed": space.seed}
+    checkpoint, seed and validation split, at ``fidelity`` (default: the space's)."""
+    fields = {"weights_sha256": space.weights_sha256, "fidelity": fidelity or space.fidelity, "seed": space.seed}
     return [VariantSpec.whole(s, space.model, space.dataset, val_size=space.val_size, **fields) for s in WHOLE_MODEL]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from storage._engine import ENV_VAR, default_url
 from storage._models import SCHEMA_VERSION, STATUSES
 from storage.errors import EmptyTableError, NoFeasibleVariantError, SchemaVersionError, StorageError
-from storage.records import FAILED, OK, RUNNING, ArtifactRecord, TimingRecord, VariantRecord
+from storage.records import FAILED, OK, RUNNING, ArtifactRecord, TimingRecord, VariantRecord, highest_fidelity
 from storage.table import LookupTable, open_table
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "TimingRecord",
     "VariantRecord",
     "default_url",
+    "highest_fidelity",
     "open_table",
 ]

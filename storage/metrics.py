@@ -142,6 +142,26 @@ def log_hypervolume(items: Sequence[VariantRecord | Measurement], bounds: LogBou
     return float(moocore.hypervolume(f, ref=np.asarray(bounds.reference, dtype=float)))
 
 
+def contribution_order(measurements: Sequence[Measurement], bounds: LogBounds = DEFAULT_BOUNDS) -> list[int]:
+    """Indices of ``measurements``, best first: by non-dominated rank (the front first; :func:`moocore.pareto_rank`
+    on the raw objectives, as :func:`storage.pareto.pareto_ranks`), then within a rank by hypervolume contribution
+    to that rank in :func:`log_hypervolume`'s normalised space (larger first: what adds most to the score a search
+    is judged by), then by position (the caller orders ties, e.g. by key). Of equal points the first gets the
+    point's contribution and the others none, so a repeated vector does not hide itself."""
+    if not measurements:
+        return []
+    raw = np.asarray([objectives(m) for m in measurements], dtype=float).reshape(len(measurements), 3)
+    ranks = moocore.pareto_rank(raw)
+    f = bounds.normalise(raw)
+    ref = np.asarray(bounds.reference, dtype=float)
+    gain = np.zeros(len(measurements))
+    for k in np.unique(ranks):
+        idx = np.flatnonzero(ranks == k)
+        points, first = np.unique(f[idx], axis=0, return_index=True)
+        gain[idx[first]] = moocore.hv_contributions(points, ref=ref)
+    return sorted(range(len(measurements)), key=lambda i: (int(ranks[i]), -float(gain[i]), i))
+
+
 # ------------------------------------------------------------------------------------------- regret
 @dataclass(frozen=True)
 class EdgeEnv:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from coinference.variant import Measurement, VariantSpec
+from coinference.variant import FIDELITIES, Measurement, VariantSpec
 
 RUNNING, OK, FAILED = "running", "ok", "failed"
 
@@ -93,3 +94,26 @@ class VariantRecord:
     def timing(self, profile: str, part: str) -> TimingRecord | None:
         """The measured latency of ``part`` (``device`` or ``server``) on ``profile``, or None."""
         return next((t for t in self.timings if t.profile == profile and t.part == part), None)
+
+
+def highest_fidelity(records: Sequence[VariantRecord]) -> list[VariantRecord]:
+    """One record per variant: of the records that are the same cell at different fidelities (equal
+    :attr:`VariantSpec.cell_key`, e.g. the rungs of a multi-fidelity search), the highest-fidelity one that was
+    measured (status ``ok``), else, when none was, the highest-fidelity one of any status.
+
+    Fronts, floors, queries and exports read a table through this rule, so a variant is never compared at two
+    budgets at once and a cheap rung's measurement never stands beside the same variant's dearer one. Records
+    come back in the order their cells first appear; a table of one fidelity comes back unchanged.
+    """
+    best: dict[str, VariantRecord] = {}
+    for r in records:
+        cell = r.spec.cell_key
+        have = best.get(cell)
+        if have is None or _standing(r) > _standing(have):
+            best[cell] = r
+    return list(best.values())
+
+
+def _standing(r: VariantRecord) -> tuple[bool, int]:
+    """Measured before unmeasured, then the dearer fidelity (FIDELITIES is ordered cheapest first)."""
+    return (r.status == OK and r.measurement is not None, FIDELITIES.index(r.spec.fidelity))

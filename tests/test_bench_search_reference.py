@@ -74,15 +74,16 @@ def test_reference_mode_runs_and_writes_curves_against_cost(tmp_path: Path, caps
     fixture = _fixture(tmp_path / "ref.json", bench)
     out = tmp_path / "out"
     sys_argv = sys.argv
-    sys.argv = ["bench_search.py", "--reference", str(fixture), "--seeds", "2", "--searchers", "random,grid order",
-                "--envs", "20", "--budget-fraction", "0.5", "--points", "8", "--out", str(out)]  # fmt: skip
+    sys.argv = ["bench_search.py", "--reference", str(fixture), "--seeds", "2", "--searchers",
+                "random,grid order,multi-fidelity TPE", "--envs", "20", "--budget-fraction", "0.5", "--points", "8",
+                "--out", str(out)]  # fmt: skip
     try:
         bench.main()
     finally:
         sys.argv = sys_argv
     doc = json.loads((out / "search_reference.json").read_text())
     assert doc["exhaustive_cost_cpu_s"] == pytest.approx(120.0) and doc["budget_cpu_s"] == pytest.approx(60.0)
-    for label in ("random", "grid order"):
+    for label in ("random", "grid order", "multi-fidelity TPE"):
         r = doc["results"][label]
         assert len(r["hv"]) == 2 and all(len(row) == 8 for row in r["hv"])
         assert all(0 <= v <= 1 + 1e-9 for row in r["hv"] for v in row)

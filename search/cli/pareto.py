@@ -173,7 +173,7 @@ def pareto(
         con.print(
             f"chosen but not on the 3-objective front (server MACs matter): {', '.join(k[:12] for k in off_front)}"
         )
-    for line in (note, fidelity_note(ok)):
+    for line in (note, fidelity_note(front, "the front") or fidelity_note(ok)):
         if line:
             con.print(line)
     big = [r for r in ok if r.measurement is not None and not feasible(r.measurement, dev)]

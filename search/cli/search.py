@@ -25,6 +25,7 @@ from search.cli.common import (
     check_val_size,
     console,
 )
+from search.ladder import DEFAULT_ETA, check_ladder
 from search.runs import DEFAULT_RUNS_ROOT, db_url
 
 if TYPE_CHECKING:
@@ -52,7 +53,21 @@ def search(
     weights: WeightsOpt = None,
     dataset: DatasetOpt = None,
     data_dir: DataDirOpt = None,
-    fidelity: Annotated[str, typer.Option(help=f"Training budget per variant: {', '.join(FIDELITIES)}.")] = "fast",
+    fidelity: Annotated[
+        str | None, typer.Option(help=f"Training budget per variant: {', '.join(FIDELITIES)} (default fast).")
+    ] = None,
+    fidelities: Annotated[
+        str | None,
+        typer.Option(
+            help="A fidelity ladder instead of --fidelity, comma-separated, cheapest first (e.g. screen,fast): every "
+            "variant is built at the first rung, and the best 1/η of each rung (non-dominated rank, then hypervolume "
+            "contribution) are built again at the next; --trials counts the first rung's variants. Searchers grid, "
+            "optuna and random."
+        ),
+    ] = None,
+    eta: Annotated[
+        int | None, typer.Option(help="With --fidelities: the best 1/η of a rung climb to the next (≥ 2, default 3).")
+    ] = None,
     codec_kinds: Annotated[
         str,
         typer.Option(
@@ -118,11 +133,23 @@ def search(
     runs_root: Annotated[Path, typer.Option(help="Parent folder of the run folder.")] = DEFAULT_RUNS_ROOT,
 ) -> None:
     """Search split × sparsity × compression (× bits × activation sparsity × codec kind), store every variant in
-    the lookup table, print the front."""
+    the lookup table, print the front. With --fidelities, variants climb a ladder of training budgets and the front
+    holds each one at the highest fidelity it reached."""
     # every argument is checked before anything is imported, built or written
     names.check("searcher", searcher, names.SEARCHERS)
     names.check("Optuna sampler", sampler, names.SAMPLERS)
-    names.check("fidelity", fidelity, FIDELITIES)
+    if fidelity is not None:
+        names.check("fidelity", fidelity, FIDELITIES)
+    ladder: tuple[str, ...] = ()
+    if fidelities is not None:
+        if fidelity is not None:
+            raise ConfigError(
+                f"--fidelity {fidelity} and --fidelities {fidelities} both given: one fidelity, or a ladder of them"
+            )
+        rungs = validate.name_list("--fidelities", fidelities, "fidelity", FIDELITIES)
+        ladder = check_ladder(rungs, searcher, DEFAULT_ETA if eta is None else eta)
+    elif eta is not None:
+        raise ConfigError(f"--eta {eta} is the promotion rate of a fidelity ladder: give --fidelities too")
     names.check("device profile", device, device_names())
     validate.at_least("--trials", trials, 1)
     kinds = validate.name_list("--codec-kinds", codec_kinds, "search codec kind", names.SEARCH_CODEC_KINDS)
@@ -183,7 +210,9 @@ def search(
         weights=weights,
         dataset=dataset,
         data_dir=data_dir,
-        fidelity=fidelity,
+        fidelity=fidelity or "fast",
+        fidelities=ladder,
+        eta=DEFAULT_ETA if eta is None else eta,
         db=db,
         name=name,
         resume=resume,
@@ -215,8 +244,8 @@ def search(
     keys: set[str] = set()
     with cli_progress(), phase(f"{searcher} search → {run_dir}", total=trials, unit="variant") as advance:
 
-        def progress(out: Outcome) -> None:
-            if out.spec.key not in keys:
+        def progress(out: Outcome) -> None:  # the budget's variants: a ladder's first rung
+            if out.spec.key not in keys and out.spec.fidelity == cfg.ladder[0]:
                 keys.add(out.spec.key)
                 advance(1)
 
@@ -225,8 +254,12 @@ def search(
     from search.report import render
 
     render(result.report, con)
+    done = f"{len(result.keys)} variants ("
+    if ladder:
+        climbed = ", ".join(f"{n} at {f}" for f, n in result.rungs.items())
+        done = f"{result.rungs[ladder[0]]} variants climbing {' → '.join(ladder)} ({climbed}; "
     con.print(
-        f"{len(result.keys)} variants ({result.built} built now, {result.failed} failed) in {result.seconds:.1f} s; "
+        f"{done}{result.built} built now, {result.failed} failed) in {result.seconds:.1f} s; "
         f"table: {cfg.db or run_dir / 'lookup.db'}; report: {result.report.markdown}"
         + (f", plot: {result.report.plot}" if result.report.plot else "")
     )

@@ -155,15 +155,23 @@ def fmt_count(x: float) -> str:
 
 
 def of_fidelity(records: Sequence[Any], fidelity: str | None) -> list[Any]:
-    """The records built at ``fidelity`` (all when None)."""
-    return [r for r in records if fidelity is None or r.spec.fidelity == fidelity]
+    """The records a table command compares: those built at ``fidelity``; without one, each variant at the highest
+    fidelity it was measured at (``storage.highest_fidelity``: the rungs of a multi-fidelity search collapse to the
+    top one each variant reached, so no variant is compared at two budgets at once)."""
+    if fidelity is not None:
+        return [r for r in records if r.spec.fidelity == fidelity]
+    from storage.records import highest_fidelity
+
+    return highest_fidelity(records)
 
 
-def fidelity_note(records: Sequence[Any]) -> str:
-    """A line saying which fidelities the records mix (empty when they share one): a front or choice over mixed
-    budgets compares variants trained for different lengths."""
-    fids = sorted({r.spec.fidelity for r in records})
+def fidelity_note(records: Sequence[Any], what: str = "the table") -> str:
+    """A line saying which fidelities ``records`` mix (empty when they share one): a front or choice over mixed
+    budgets compares variants trained for different lengths. ``what`` names them (``the table``, ``the front``)."""
+    fids = sorted({r.spec.fidelity for r in records}, key=FIDELITIES.index)
     if len(fids) <= 1:
         return ""
     counts = ", ".join(f"{sum(1 for r in records if r.spec.fidelity == f)} {f}" for f in fids)
-    return f"note: the table mixes fidelities ({counts}); --fidelity NAME keeps one"
+    return (
+        f"note: {what} mixes fidelities ({counts}), each variant at the highest it reached; --fidelity NAME keeps one"
+    )

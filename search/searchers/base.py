@@ -30,11 +30,11 @@ class SearchOptions:
     """Searcher-specific settings (each searcher reads the ones it knows)."""
 
     sampler: str = "tpe"
-    """Optuna / Ray Tune sampler: tpe or nsga2."""
+    """Optuna / Ray Tune sampler: tpe, nsga2 or gp."""
     population_size: int = 20
     """NSGA-II population."""
     n_startup_trials: int = 10
-    """TPE random start-up trials."""
+    """TPE / GP random start-up trials."""
     address: str | None = None
     """Ray cluster address (default: $RAY_ADDRESS, else a local Ray)."""
     num_cpus: int | None = None
@@ -120,10 +120,11 @@ class SearchContext:
         """Add to the ledger the specs this run finished in the table but not in the ledger.
 
         The table commits a result before the ledger line is written; a kill between the two would otherwise
-        leave a built variant outside the budget, and the resumed run would build one spec too many.
+        leave a built variant outside the budget, and the resumed run would build one spec too many. The
+        whole-model candidates a finished run measured are no part of the budget, and stay out.
         """
         for rec in self.evaluator.table.variants(run=self.name):
-            if rec.status in ("ok", "failed") and rec.key not in self.ledger.done:
+            if rec.status in ("ok", "failed") and rec.key not in self.ledger.done and not rec.spec.whole_model:
                 out = Outcome(rec.spec, rec.status, rec.measurement, rec.error, False, rec.run)
                 self.ledger.add(out, None)
 
@@ -134,6 +135,10 @@ class SearchContext:
     def remaining(self) -> int:
         """Budget left: trials − specs this run has finished."""
         return max(0, self.trials - len(self.ledger.done))
+
+    def rung_counts(self) -> dict[str, int]:
+        """Fidelity → specs this run finished at it: one entry, the space's (a ladder has one per rung)."""
+        return {self.space.fidelity: len(self.ledger.done)}
 
     def seen(self, spec: VariantSpec) -> bool:
         """True when this run already finished ``spec``."""
