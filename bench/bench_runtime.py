@@ -83,6 +83,7 @@ from storage.deploy import TIMING_RUNS, ensure_export, measure_local
 from storage.errors import NoFeasibleVariantError
 from storage.plots import fmt_rate
 from storage.query import bandwidth_table, floor_label, query, resolve_floor
+from storage.records import highest_fidelity
 
 RATES = "10KB/s,100KB/s,1MB/s,3MB/s,10MB/s"
 TOLERANCE = 0.10
@@ -594,7 +595,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ref = find_table(a.db, None)
     a.profiles = device, server = device_profile(a.device), server_profile(LOCAL)
     t = open_table(ref.url, create=False)
-    everything = [r for r in t.variants(status="ok") if a.fidelity in (None, r.spec.fidelity)]
+    done = t.variants(status="ok")  # without --fidelity each variant at the highest rung it reached, as commands do
+    everything = [r for r in done if r.spec.fidelity == a.fidelity] if a.fidelity else highest_fidelity(done)
     if not everything:
         ap.error(f"the table holds no finished variant{'' if a.fidelity is None else ' at fidelity ' + a.fidelity}")
     split = [r for r in everything if not r.spec.whole_model]

@@ -229,12 +229,13 @@ def load_reference(path: Path) -> Reference:
         for f, entry in cell["rungs"].items():
             spec = VariantSpec.from_dict(entry["spec"])
             specs[spec.key] = spec
-            if "measurement" not in entry:
-                continue
-            table[spec.key] = Measurement.from_dict(entry["measurement"])
+            # a failed build cost what it cost, and its group's pruning when it came first
             cell_cost[spec.key] = float(entry.get("cell_cpu_s") or 0.0)
             g = (spec.split, spec.sparsity, f)
             prune_cost[g] = prune_cost.get(g, 0.0) + float(entry.get("prune_cpu_s") or 0.0)
+            if "measurement" not in entry:
+                continue
+            table[spec.key] = Measurement.from_dict(entry["measurement"])
             if f == "fast":
                 fast_keys.append(spec.key)
     lv = doc["levels"]
@@ -250,18 +251,10 @@ def load_reference(path: Path) -> Reference:
 
 
 def top_rung(keys: list[str], ref: Reference) -> list[str]:
-    """One key per cell: its highest-fidelity measurement among ``keys`` (as fronts and queries count a table)."""
-    from coinference.variant import FIDELITIES
-
-    best: dict[str, str] = {}
-    for k in keys:
-        if k not in ref.table:
-            continue
-        s = ref.specs[k]
-        cell = replace(s, fidelity="fast").key
-        if cell not in best or FIDELITIES.index(s.fidelity) > FIDELITIES.index(ref.specs[best[cell]].fidelity):
-            best[cell] = k
-    return list(best.values())
+    """The measured keys among ``keys`` at the top rung (``fast``), each once: a searcher is scored on what it has
+    built at the fidelity of the exhaustive table, so a cheap-rung measurement (fewer images, shorter training)
+    never stands in for a top-rung one; a multi-fidelity table shows its cheap-rung cells too, at their own rung."""
+    return list(dict.fromkeys(k for k in keys if k in ref.table and ref.specs[k].fidelity == "fast"))
 
 
 def bench_reference(a: argparse.Namespace, labels: list[str]) -> None:
@@ -275,7 +268,10 @@ def bench_reference(a: argparse.Namespace, labels: list[str]) -> None:
     full_cost = ref.exhaustive_cost
     cap = a.budget_fraction * full_cost
     grid = np.linspace(cap / a.points, cap, a.points)
-    cheapest = min(v for v in ref.cell_cost.values() if v > 0)
+    costed = [v for v in ref.cell_cost.values() if v > 0]
+    if not costed or not ref.fast_keys:
+        raise ConfigError(f"{ref.path}: no measured fast cell with a build cost")
+    cheapest = min(costed)
     trials = min(len(space.grid()), math.ceil(cap / cheapest) + 1)
     n_cells = len(space.grid())
     print(f"reference: {ref.path} ({ref.meta.get('command')}; commit {str(ref.meta.get('commit'))[:12]}"

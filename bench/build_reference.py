@@ -252,7 +252,15 @@ def dump(args: argparse.Namespace, rows: list[dict[str, Any]], meta: dict[str, A
                         "wall_s": c.get("wall_s"),
                     }
                 elif rec is not None and rec.status == "failed":
-                    rungs[f] = {"key": spec.key, "spec": json.loads(spec.to_json()), "failed": rec.error}
+                    c = costs.get(spec.key, {})
+                    rungs[f] = {
+                        "key": spec.key,
+                        "spec": json.loads(spec.to_json()),
+                        "failed": rec.error,
+                        "prune_cpu_s": c.get("prune_cpu_s"),
+                        "cell_cpu_s": c.get("cell_cpu_s"),
+                        "wall_s": c.get("wall_s"),
+                    }
                 else:
                     missing += 1
             cells.append({"cell": r["cell"], "rungs": rungs})

@@ -145,24 +145,27 @@ def table_url(cfg: SearchConfig) -> str:
 
 
 def run_identity(cfg: SearchConfig, space: SearchSpace) -> dict[str, str]:
-    """What a run name stands for and may not change between invocations: searcher, fidelity — or the ladder and its
-    η (:func:`search.ladder.ladder_label`) — and space (its dimensions, codec kinds and channel settings,
-    activation sparsities and base checkpoint: :meth:`SearchSpace.identity`)."""
+    """What a run name stands for and may not change between invocations: searcher (and an Optuna or Ray search's
+    sampler), fidelity — or the ladder and its η (:func:`search.ladder.ladder_label`) — and space (its dimensions,
+    codec kinds and channel settings, activation sparsities and base checkpoint: :meth:`SearchSpace.identity`)."""
     fidelity = ladder_label(cfg.fidelities, cfg.eta) if cfg.fidelities else cfg.fidelity
-    return {"searcher": cfg.searcher, "fidelity": fidelity, "space": space.identity()}
+    out = {"searcher": cfg.searcher, "fidelity": fidelity, "space": space.identity()}
+    if cfg.searcher in ("optuna", "ray"):  # a study's values are on its sampler's scale (log costs for gp)
+        out["sampler"] = cfg.options.sampler
+    return out
 
 
 def check_same_run(run_dir: Path, identity: dict[str, str]) -> None:
-    """A run folder that exists was made with the same searcher, fidelity and space, or it is an error naming both
-    values (a reused name or --resume would otherwise mix them in one ledger and one front)."""
+    """A run folder that exists was made with the same searcher, sampler, fidelity and space, or it is an error
+    naming both values (a reused name or --resume would otherwise mix them in one ledger and one front)."""
     try:
         before = json.loads((run_dir / "config.json").read_text()).get("identity")
     except (OSError, ValueError, AttributeError):
         return  # a new run, or one written before runs recorded their identity
     if not isinstance(before, dict):
         return
-    for what in ("fidelity", "searcher", "space"):
-        if what in before and before[what] != identity[what]:
+    for what in ("fidelity", "searcher", "space", "sampler"):
+        if what in before and before[what] != identity.get(what):
             raise ConfigError(
                 f"run {run_dir.name!r} was made with {what} {before[what]!r}, not {identity[what]!r}: "
                 "give another --name (or remove the run folder)"

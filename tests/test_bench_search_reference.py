@@ -1,6 +1,6 @@
 """bench/bench_search.py's reference mode on a small fixture in build_reference.py's format: build costs are
-charged as a real build pays them (a pruning once per split × sparsity × rung), a table counts each cell at the
-highest rung it reached, and the bench runs end to end."""
+charged as a real build pays them (a pruning once per split × sparsity × rung), a searcher is scored on its
+top-rung builds, and the bench runs end to end."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _fixture(path: Path, bench: ModuleType) -> Path:
     return path
 
 
-def test_costs_charge_each_pruning_once_and_tables_count_the_top_rung(tmp_path: Path) -> None:
+def test_costs_charge_each_pruning_once_and_searchers_are_scored_on_the_top_rung(tmp_path: Path) -> None:
     bench = _bench()
     ref = bench.load_reference(_fixture(tmp_path / "ref.json", bench))
     assert len(ref.fast_keys) == 8 and len(ref.table) == 16
@@ -64,9 +64,10 @@ def test_costs_charge_each_pruning_once_and_tables_count_the_top_rung(tmp_path: 
     screen_a = replace(ref.specs[a], fidelity="screen").key
     # a's group pruned once at fast; c's group once; the screen rung has its own pruning
     assert ref.costs([a, b, c, screen_a]) == pytest.approx([25.0, 30.0, 55.0, 66.0])
-    assert bench.top_rung([screen_a, b], ref) == [screen_a, b]
-    assert bench.top_rung([screen_a, a, b], ref) == [a, b]  # a cell at both rungs counts once, at fast
-    assert bench.top_rung([a, screen_a], ref) == [a]
+    # a searcher is scored on its fast builds: a cheap-rung measurement never stands in for one
+    assert bench.top_rung([screen_a, b], ref) == [b]
+    assert bench.top_rung([screen_a, a, b, a], ref) == [a, b]
+    assert bench.top_rung([screen_a], ref) == []
 
 
 def test_reference_mode_runs_and_writes_curves_against_cost(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

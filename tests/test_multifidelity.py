@@ -267,6 +267,44 @@ def test_run_identity_includes_the_ladder(tmp_path: Path) -> None:
     assert not (tmp_path / "search").exists()
 
 
+class FailsFirstScreens(LadderToy):
+    """The ladder toy whose first ``n`` screen builds fail (a variant failure, not the machine's)."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.n = n
+
+    def __call__(self, spec: VariantSpec) -> Measurement:
+        if spec.fidelity == "screen" and self.n > 0:
+            self.n -= 1
+            self.builds["failed"] += 1
+            raise RuntimeError("diverged")
+        return super().__call__(spec)
+
+
+def test_a_failure_rebuilt_on_resume_counts_and_can_climb(tmp_path: Path) -> None:
+    kw = dict(searcher="grid", model="tiny-cnn", fidelities=LADDER, name="mf", runs_root=tmp_path, whole_model=False)
+    first = run_search(SearchConfig(trials=12, **kw), evaluate=FailsFirstScreens(3), space=space())  # type: ignore[arg-type]
+    assert first.failed == 3 and first.rungs["fast"] == 3  # ⌊9 measured / 3⌋
+    again = run_search(
+        SearchConfig(trials=24, resume=True, retry_failed=True, **kw),  # type: ignore[arg-type]
+        evaluate=LadderToy(),
+        space=space(),
+    )
+    assert again.rungs == {"screen": 24, "fast": 8}  # the 3 rebuilt cells are measured cells of the rung
+
+
+def test_the_sampler_is_part_of_an_optuna_runs_identity(tmp_path: Path) -> None:
+    cfg = SearchConfig(searcher="optuna", trials=4, model="tiny-cnn", fidelity="fast", name="s", runs_root=tmp_path,
+                       whole_model=False, options=SearchOptions(sampler="tpe", n_startup_trials=2))  # fmt: skip
+    assert run_identity(cfg, space(fidelity="fast"))["sampler"] == "tpe"
+    assert "sampler" not in run_identity(replace(cfg, searcher="random"), space(fidelity="fast"))
+    run_search(cfg, evaluate=LadderToy(), space=space(fidelity="fast"))
+    gp = replace(cfg, resume=True, options=SearchOptions(sampler="gp", n_startup_trials=2))
+    with pytest.raises(ConfigError, match="was made with sampler 'tpe', not 'gp'"):  # its study holds raw costs
+        run_search(gp, evaluate=LadderToy(), space=space(fidelity="fast"))
+
+
 def test_check_ladder() -> None:
     assert check_ladder(["smoke", "screen", "fast"], "optuna") == ("smoke", "screen", "fast")
     cases = [

@@ -136,7 +136,9 @@ class LadderContext(SearchContext):
         rung = self._rung(out.spec)
         if rung is None:
             return
-        self._rungs[rung].setdefault(out.spec.cell_key, out)
+        known = self._rungs[rung].get(out.spec.cell_key)
+        if known is None or (not known.ok and out.ok):  # a failure rebuilt on --retry-failed counts as measured
+            self._rungs[rung][out.spec.cell_key] = out
         if cell is not None:
             self._cells.setdefault(out.spec.cell_key, tuple(int(i) for i in cell))
 

@@ -34,7 +34,8 @@ standardises each objective linearly, and MACs and bits span decades: on counts 
 scale and the hypervolume improvement it maximises is in linear units, where a search is judged on the log scale
 (:func:`storage.metrics.log_hypervolume`). Measured on tests/search_landscapes.py's cluster (24 variants of 264,
 seeds 0–2): 0.94, 0.93, 0.89 of the exhaustive log hypervolume on counts, 1.00 each on logs. TPE and NSGA-II keep
-the counts, so their studies and benchmark figures stay as they were."""
+the counts. The sampler is part of a run's identity (:func:`search.run.run_identity`), so a resumed study never
+mixes the two scales."""
 REPAIR_SAMPLERS = frozenset({"gp"})
 """Samplers whose invalid proposal is followed by the nearest valid cell the run has not finished
 (:func:`nearest_unseen_params`). A GP fits finished trials only, so a pruned proposal teaches it nothing and it
