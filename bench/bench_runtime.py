@@ -37,12 +37,12 @@ boundary whose frames take ≥ 5× the link overhead at the faster rate, else th
 the rate (failing that, the boundary whose frames take longest; the output says which and why). Last, how far
 MACs ÷ MAC/s (``calibrate_local``) is from each timed variant's device time.
 
-The process pins itself (every thread, and those it starts: onnxruntime, the edge server) to one CPU (``--cpu``;
-``-1``: not pinned): client and server hand each request back and forth, and on two CPUs every hand-off after a
-shaped wait wakes an idle — on a virtual machine, halted — CPU, 0.1–0.3 ms that neither a device nor an edge server
-on its own machine pays. Time the variants in the pinned process (``--remeasure``) so that the stored ``local``
-timings are taken as the requests run. ``--fidelity`` keeps the variants of one fidelity (a multi-fidelity table
-holds every rung). Nothing gates on a wall-clock time:
+After exporting the packages it times, the process pins itself (every thread, and those it starts: onnxruntime,
+the edge server) to one CPU (``--cpu``; ``-1``: not pinned): client and server hand each request back and forth,
+and on two CPUs every hand-off after a shaped wait wakes an idle — on a virtual machine, halted — CPU, 0.1–0.3 ms
+that neither a device nor an edge server on its own machine pays. Time the variants in the pinned process
+(``--remeasure``) so that the stored ``local`` timings are taken as the requests run. ``--fidelity`` keeps the
+variants of one fidelity (a multi-fidelity table holds every rung). Nothing gates on a wall-clock time:
 the checks are printed and written with every request to ``<out>/runtime.json``.
 
     .venv/bin/python bench/bench_runtime.py --db runs/search
@@ -142,17 +142,22 @@ class Bench:
             print(f"  exported {rec.key[:12]} → {path}", flush=True)
         return path
 
-    def ensure_timed(self, remeasure: bool) -> None:
+    def ensure_timed(self, remeasure: bool, pin: Any = None) -> None:
         """Time (``measure_local``) every split variant above the floor that lacks ``local`` timings: once one is
-        timed, query on the local profile ranks only timed variants."""
+        timed, query on the local profile ranks only timed variants. Every package is exported first, then
+        ``pin()`` (if given) runs, then the timings are taken: exports run PyTorch on every CPU, timings and
+        requests on the one the bench pins itself to."""
         todo = [
             r for r in self.records
             if (self.floor is None or r.measurement.accuracy >= self.floor)
             and (remeasure or r.timing(LOCAL, "device") is None or r.timing(LOCAL, "server") is None)
         ]  # fmt: skip
+        packages = {rec.key: self.package(rec) for rec in todo}
+        if pin is not None:
+            pin()
         for rec in todo:
             images = self.data(rec)[0]
-            measure_local(self.table, rec, self.package(rec), images, self.timing_runs)
+            measure_local(self.table, rec, packages[rec.key], images, self.timing_runs)
             print(f"  timed {rec.key[:12]} on this machine ({self.timing_runs} images per part)", flush=True)
         if todo:
             keys = {r.key for r in self.records}
@@ -223,6 +228,8 @@ def pin_to(cpu: int) -> None:
         with contextlib.suppress(OSError):
             os.sched_setaffinity(int(tid), {cpu})
     os.sched_setaffinity(0, {cpu})
+    if "torch" in sys.modules:  # an export after this point: PyTorch's thread pool on one CPU would spin against itself
+        sys.modules["torch"].set_num_threads(1)
 
 
 def sleep_overshoot_s(seconds: float, n: int = 20) -> float:
@@ -588,8 +595,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
         a.cpu = allowed[0]
     elif a.cpu != -1 and a.cpu not in allowed:
         ap.error(f"--cpu {a.cpu} is not one this process may run on: {allowed}")
-    if a.cpu != -1:
-        pin_to(a.cpu)
     rates = [parse_bandwidth(x) for x in a.rates.split(",")]
 
     ref = find_table(a.db, None)
@@ -608,7 +613,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         sys.exit(f"bench_runtime: no split variant reaches {floor_label(bench.floor)} (best split: {best}); "
                  "pass --min-accuracy")  # fmt: skip
     print(f"table: {ref.url} ({len(split)} split variants of {len(everything)}), {floor_label(bench.floor)}")
-    bench.ensure_timed(a.remeasure)
+    bench.ensure_timed(a.remeasure, None if a.cpu == -1 else lambda: pin_to(a.cpu))
 
     unshaped: dict[str, float] = {}
     keys = sorted({query(bench.records, Link(r), device, server, bench.floor).best.record.key for r in rates})
