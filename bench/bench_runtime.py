@@ -79,7 +79,7 @@ from coinference.runtime.shaping import LinkShape, Shaper
 from coinference.runtime.wire import HEADER_BYTES, encode_reply
 from search.runs import find_table
 from storage import open_table
-from storage.deploy import TIMING_RUNS, ensure_export, measure_local
+from storage.deploy import TIMING_RUNS, ensure_export, host_label, measure_local, runtime_label, time_package_samples
 from storage.errors import NoFeasibleVariantError
 from storage.plots import fmt_rate
 from storage.query import bandwidth_table, floor_label, query, resolve_floor
@@ -268,11 +268,25 @@ def rate_row(port: int, bench: Bench, rate: float, a: argparse.Namespace, unshap
     payload = m.bits_mean / 8
     reply = reply_bytes(srv_runner.package.classes) if a.shape_replies else 0
     transmit = (payload + HEADER_BYTES + reply) / rate
-    framed = dev_s + srv_s + transmit
     if rec.key not in unshaped:  # the loopback's own cost, without shaping
         recs = run_requests(port, bench, [rec.key], a.overhead_requests, [None] * a.overhead_requests)
         unshaped[rec.key] = median(r.transfer_s for r in recs)
-    recs = run_requests(port, bench, [rec.key], a.requests, [rate] * a.requests, shape_replies=a.shape_replies)
+    if a.rounds == 0:
+        recs = run_requests(port, bench, [rec.key], a.requests, [rate] * a.requests, shape_replies=a.shape_replies)
+    else:  # the variant's local profile timed side by side with the requests, stored, and predicted from
+        recs, dev_all, srv_all = [], [], []
+        images = bench.data(rec)[0]
+        for k in range(a.rounds):
+            n_t = a.timing_runs // a.rounds + (k < a.timing_runs % a.rounds)
+            n_r = a.requests // a.rounds + (k < a.requests % a.rounds)
+            d, s_ = time_package_samples(bench.package(rec), images, n_t, offset=k * n_t)
+            dev_all += d
+            srv_all += s_
+            recs += run_requests(port, bench, [rec.key], n_r, [rate] * n_r, shape_replies=a.shape_replies)
+        dev_s, srv_s = median(dev_all), median(srv_all)
+        for part, sec in (("device", dev_s), ("server", srv_s)):
+            bench.table.record_timing(rec.key, LOCAL, part, sec, len(dev_all), runtime_label(), host_label())
+    framed = dev_s + srv_s + transmit
     s = summarize(recs)
     total = median(r.total_s for r in recs)
     shaped_s = [(r.bytes_sent + (r.bytes_received if a.shape_replies else 0)) / rate for r in recs]
@@ -583,6 +597,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     ap.add_argument("--out", type=Path, default=Path("runs/bench/runtime"))
     ap.add_argument("--fidelity", default=None, help="only variants built at this fidelity (default: all)")
     ap.add_argument(
+        "--rounds", type=int, default=None,
+        help="per rate, alternate this many blocks of timing the chosen variant (--timing-runs in all) and of shaped "
+        "requests (--requests in all); the timings are stored and predict (default 5, at most the counts; 0: "
+        "predict from the stored timings)",
+    )  # fmt: skip
+    ap.add_argument(
         "--cpu", type=int, default=None,
         help="the CPU this process (device client, edge server, timing) runs on (default: the lowest it may use; "
         "-1: not pinned)",
@@ -590,6 +610,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     a = ap.parse_args(argv)
     if min(a.requests, a.overhead_requests, a.step_requests, a.switch_requests, a.timing_runs) < 1:
         ap.error("request and run counts must be ≥ 1")
+    if a.rounds is None:
+        a.rounds = min(5, a.requests, a.timing_runs)
+    if not 0 <= a.rounds <= min(a.requests, a.timing_runs):
+        ap.error(f"--rounds {a.rounds} must be in [0, min(--requests, --timing-runs)]")
     allowed = sorted(os.sched_getaffinity(0))
     if a.cpu is None:
         a.cpu = allowed[0]

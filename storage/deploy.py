@@ -98,7 +98,15 @@ def ensure_export(
 
 
 def time_package(package: Path, images: np.ndarray, runs: int = TIMING_RUNS) -> tuple[float, float]:
-    """(device seconds, server seconds) per image, medians over ``runs`` images (uint8 (N, C, H, W), cycled),
+    """(device seconds, server seconds) per image: the medians of :func:`time_package_samples`."""
+    device, server = time_package_samples(package, images, runs)
+    return statistics.median(device), statistics.median(server)
+
+
+def time_package_samples(
+    package: Path, images: np.ndarray, runs: int = TIMING_RUNS, offset: int = 0
+) -> tuple[list[float], list[float]]:
+    """(device seconds, server seconds) of each of ``runs`` images (uint8 (N, C, H, W), cycled from ``offset``),
     timed the way a device runs: one image after another, each encoded, sent and answered before the next, one
     onnxruntime thread each side (back-to-back loops of one side alone run warmer than that and read low):
 
@@ -121,7 +129,7 @@ def time_package(package: Path, images: np.ndarray, runs: int = TIMING_RUNS) -> 
         EdgeClient("127.0.0.1", edge.port) as client,
     ):
         for i in range(TIMING_WARMUP + runs):
-            image = images[i % len(images)]
+            image = images[(offset + i) % len(images)]
             t0 = time.perf_counter()
             payload = dev.encode(image)
             t1 = time.perf_counter()
@@ -130,7 +138,7 @@ def time_package(package: Path, images: np.ndarray, runs: int = TIMING_RUNS) -> 
             if i >= TIMING_WARMUP:
                 device.append(t1 - t0)
                 server.append(t2 - t1)
-    return statistics.median(device), statistics.median(server)
+    return device, server
 
 
 def runtime_label() -> str:
