@@ -257,6 +257,35 @@ def top_rung(keys: list[str], ref: Reference) -> list[str]:
     return list(dict.fromkeys(k for k in keys if k in ref.table and ref.specs[k].fidelity == "fast"))
 
 
+def compare_candidate(a: argparse.Namespace) -> dict:
+    """A real search's table (``--candidate``) against the reference table: its log HV ÷ the exhaustive table's and
+    its deployment regret, on its top-rung variants and on each variant at its highest rung (a table may hold
+    variants outside the reference grid: a regret below 0 is a choice faster than the exhaustive grid's)."""
+    from storage.records import highest_fidelity
+
+    ref = load_reference(a.reference)
+    exhaustive = records(ref.fast_keys, ref.table, ref.specs)
+    hv_all = hv(exhaustive, DEFAULT_BOUNDS.reference, True)
+    envs = edge_environments(a.envs)
+    base = exhaustive_baseline(exhaustive, envs)  # type: ignore[arg-type]
+    with open_table(a.candidate, create=False) as t:
+        rows = [r for r in t.variants(status="ok") if not r.spec.whole_model and r.measurement is not None]
+    out = {}
+    for what, recs in (("top rung (fast)", [r for r in rows if r.spec.fidelity == "fast"]),
+                       ("highest rung each", highest_fidelity(rows))):  # fmt: skip
+        reg = regret_against(recs, base)
+        out[what] = {"variants": len(recs), "log_hv_fraction": hv(recs, DEFAULT_BOUNDS.reference, True) / hv_all,
+                     "regret_median": reg.median, "regret_p90": reg.p90, "infeasible": reg.infeasible}  # fmt: skip
+    print(f"candidate {a.candidate} against the reference {ref.path} (exhaustive log HV {hv_all:.4f}, "
+          f"{len(envs)} environments)")  # fmt: skip
+    print("| variants read | n | log HV / exhaustive | regret median | regret p90 | infeasible envs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for what, r in out.items():
+        print(f"| {what} | {r['variants']} | {r['log_hv_fraction']:.3f} | {r['regret_median']:.3f} | "
+              f"{r['regret_p90']:.3f} | {r['infeasible']} |")  # fmt: skip
+    return out
+
+
 def bench_reference(a: argparse.Namespace, labels: list[str]) -> None:
     """Searchers replayed on the reference fixture; HV and regret against CPU seconds of building."""
     ref = load_reference(a.reference)
@@ -442,6 +471,7 @@ def main() -> None:
         "--reference", type=Path, help="a bench/build_reference.py fixture: curves against CPU seconds of building"
     )
     ap.add_argument("--points", type=int, default=40, help="cost points of the reference curves")
+    ap.add_argument("--candidate", help="with --reference: a real search's table (DB URL) to compare, then stop")
     ap.add_argument("--regret-every", type=int, default=4, help="regret at every N-th cost point (reference mode)")
     ap.add_argument("--model", default="resnet-digits")
     ap.add_argument("--fidelity", default="fast")
@@ -469,7 +499,10 @@ def main() -> None:
             ap.error(f"--reference {a.reference} is not a file")
         if not 0 < a.budget_fraction <= 1 or a.points < 1 or a.regret_every < 1:
             ap.error(f"--budget-fraction {a.budget_fraction} must be in (0, 1], --points and --regret-every ≥ 1")
-        bench_reference(a, labels)
+        if a.candidate:
+            compare_candidate(a)
+        else:
+            bench_reference(a, labels)
         return
 
     sha = file_sha256(a.weights) if a.weights is not None else None

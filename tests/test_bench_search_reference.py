@@ -102,3 +102,23 @@ def test_reference_mode_refuses_a_missing_fixture(tmp_path: Path) -> None:
     finally:
         sys.argv = sys_argv
     assert e.value.code == 2
+
+
+def test_a_candidate_table_is_scored_against_the_reference(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from storage import open_table
+
+    bench = _bench()
+    fixture = _fixture(tmp_path / "ref.json", bench)
+    ref = bench.load_reference(fixture)
+    url = f"sqlite:///{tmp_path / 'cand.db'}"
+    with open_table(url) as t:  # the whole fast rung, and one cell at screen only
+        for k in ref.fast_keys:
+            t.record_ok(ref.specs[k], ref.table[k], "c")
+        screen_only = next(k for k, s in ref.specs.items() if s.fidelity == "screen")
+        t.record_ok(ref.specs[screen_only], ref.table[screen_only], "c")
+    out = bench.compare_candidate(SimpleNamespace(reference=fixture, candidate=url, envs=20))
+    top = out["top rung (fast)"]
+    assert top["variants"] == 8 and top["log_hv_fraction"] == pytest.approx(1.0) and top["regret_median"] == 0.0
+    assert out["highest rung each"]["variants"] == 8  # the screen cell also has its fast rung: read once, at fast
