@@ -326,7 +326,7 @@ def bench_reference(a: argparse.Namespace, labels: list[str]) -> None:
         t0 = time.perf_counter()
         hv_rows, reg_rows, spent = [], [], []
         for seed in range(a.seeds):
-            order = run_one(space, ref.table, label, seed, trials[label], ref.specs)
+            order = run_one(space, ref.table, label, seed, trials[label], ref.specs, ref, cap)
             cum = ref.costs(order)
             spent.append(cum[-1] if cum else 0.0)
             hv_row, reg_row = [], []
@@ -415,14 +415,22 @@ def records(keys: list[str], table: dict[str, Measurement], specs: dict[str, Var
     return [_Rec("ok", table[k], k, (specs or {}).get(k)) for k in keys if k in table]
 
 
+class BudgetSpent(BaseException):
+    """Raised out of a replayed search once its builds have cost the budget (a BaseException, as Ctrl-C is: no
+    searcher or evaluator records it as a failed variant)."""
+
+
 def run_one(
     space: SearchSpace, table: dict[str, Measurement], label: str, seed: int, budget: int,
-    specs: dict[str, VariantSpec] | None = None,
+    specs: dict[str, VariantSpec] | None = None, cost: Reference | None = None, cap: float | None = None,
 ) -> list[str]:  # fmt: skip
-    """Keys of newly evaluated specs, in evaluation order."""
+    """Keys of newly evaluated specs, in evaluation order; with ``cost`` and ``cap``, the search stops at the first
+    evaluation asked for once the evaluations so far cost ``cap`` CPU seconds (what a cost-bounded run builds)."""
     name, opts = SEARCHERS_BENCHED[label]
 
     def evaluate(spec: VariantSpec) -> Measurement:
+        if cost is not None and cap is not None and order and cost.costs(order)[-1] >= cap:
+            raise BudgetSpent
         if spec.key not in table:
             raise ConfigError(f"variant {spec.key[:12]} is not in the measured table")
         return table[spec.key]
@@ -443,8 +451,12 @@ def run_one(
 
         first = replace(space, fidelity=ladder[0])
         ctx = LadderContext(first, ev, budget, None, False, seed, None, options, ladder=ladder, eta=DEFAULT_ETA)
-    SEARCHERS.get(name)().run(ctx)
-    store.close()
+    try:
+        SEARCHERS.get(name)().run(ctx)
+    except BudgetSpent:
+        pass
+    finally:
+        store.close()
     return order
 
 
