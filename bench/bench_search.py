@@ -387,6 +387,7 @@ def bench_reference(a: argparse.Namespace, labels: list[str]) -> None:
     axes[0].axhline(0.95, color="k", ls=":", lw=1, label="95 % of exhaustive")
     axes[1].axhline(0.05, color="k", ls=":", lw=1, label="5 % regret")
     axes[0].set_ylabel("log-normalised hypervolume / exhaustive")
+    axes[0].set_ylim(0, 1.02)
     axes[1].set_ylabel("median deployment regret")
     axes[1].set_yscale("symlog", linthresh=0.01)
     for ax in axes:
