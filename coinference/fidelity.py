@@ -3,7 +3,7 @@ search), fast (CPU searches) or full (GPU) budgets."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -53,6 +53,35 @@ class Fidelity:
 
 
 FIDELITIES: Registry[Fidelity] = Registry("fidelity")
+_FAST = Fidelity(
+    "fast",
+    TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
+    # 6,400 image draws, nearly all distinct: augmentation adds nothing, and without it the base model's logits
+    # (computed once per base model) are the distillation targets
+    TrainConfig(steps=100, batch_size=64, lr=0.01, schedule="cosine", augment="none"),
+    # head outputs of 19,200 training images are computed once and each used once (150 × 128)
+    TrainConfig(steps=150, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0, subset=19200),
+    eval_limit=2000,
+    bits_limit=500,
+    codec_tail=True,
+    prune_distill=0.9,
+    base_teacher=True,
+    # softer targets carry more per image at this short budget (bench_variants.py --parts ablation); variants
+    # whose server part is only the classifier lose by it, and keep 2 (--parts temperature, docs/RESULTS.md)
+    codec_temperature=8.0,
+    classifier_temperature=2.0,
+)
+_SCREEN = replace(
+    _FAST,
+    name="screen",
+    # the cheap rung of a multi-fidelity search below `fast`: the same phases, base teacher, temperatures and
+    # evaluation split at about a quarter of the training and half the evaluation (its rank agreement with `fast` on
+    # validation accuracy is measured by bench/build_reference.py)
+    prune=replace(_FAST.prune, steps=25),
+    codec=replace(_FAST.codec, steps=40, subset=5120),
+    eval_limit=1000,
+    bits_limit=200,
+)
 for _f in (
     Fidelity(
         "smoke",
@@ -62,40 +91,8 @@ for _f in (
         eval_limit=64,
         bits_limit=16,
     ),
-    Fidelity(
-        "screen",
-        # the cheap rung of a multi-fidelity search below `fast`: the same phases, base teacher and evaluation
-        # split at about a quarter of the training and half the evaluation (its rank agreement with `fast` on
-        # validation accuracy is measured by bench/build_reference.py)
-        TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
-        TrainConfig(steps=25, batch_size=64, lr=0.01, schedule="cosine", augment="none"),
-        TrainConfig(steps=40, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0, subset=5120),
-        eval_limit=1000,
-        bits_limit=200,
-        codec_tail=True,
-        prune_distill=0.9,
-        base_teacher=True,
-        codec_temperature=8.0,
-        classifier_temperature=2.0,
-    ),
-    Fidelity(
-        "fast",
-        TrainConfig(epochs=15, batch_size=64, lr=0.05, schedule="onecycle"),
-        # 6,400 image draws, nearly all distinct: augmentation adds nothing, and without it the base model's logits
-        # (computed once per base model) are the distillation targets
-        TrainConfig(steps=100, batch_size=64, lr=0.01, schedule="cosine", augment="none"),
-        # head outputs of 19,200 training images are computed once and each used once (150 × 128)
-        TrainConfig(steps=150, batch_size=128, lr=5e-3, optimizer="adam", weight_decay=0.0, subset=19200),
-        eval_limit=2000,
-        bits_limit=500,
-        codec_tail=True,
-        prune_distill=0.9,
-        base_teacher=True,
-        # softer targets carry more per image at this short budget (bench_variants.py --parts ablation); variants
-        # whose server part is only the classifier lose by it, and keep 2 (--parts temperature, docs/RESULTS.md)
-        codec_temperature=8.0,
-        classifier_temperature=2.0,
-    ),
+    _SCREEN,
+    _FAST,
     Fidelity(
         "full",
         TrainConfig(epochs=100, batch_size=128, lr=0.1, schedule="onecycle"),

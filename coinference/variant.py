@@ -168,7 +168,7 @@ class VariantSpec:
 
     def to_json(self) -> str:
         """Canonical JSON: sorted keys, no spaces, so equal specs give equal strings."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return _canonical_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> VariantSpec:
@@ -213,7 +213,7 @@ class VariantSpec:
         variants'."""
         d = self.to_dict()
         del d["fidelity"]
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+        return hashlib.sha256(_canonical_json(d).encode()).hexdigest()
 
     @property
     def whole_model(self) -> bool:
@@ -225,6 +225,11 @@ class VariantSpec:
         if isinstance(changes.get("codec"), dict):
             changes["codec"] = replace(self.codec, **changes["codec"])
         return replace(self, **changes)
+
+
+def _canonical_json(d: dict[str, Any]) -> str:
+    """Sorted keys, no spaces: equal dicts give equal strings (spec keys and cell keys hash it)."""
+    return json.dumps(d, sort_keys=True, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
